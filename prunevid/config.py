@@ -1,0 +1,140 @@
+"""PruneVid configuration: one validated dataclass and the presets of the specification."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+# Layer 10 of the 28-layer Qwen2.5-VL-7B LLM; other depths use the same fraction.
+REFERENCE_PRUNING_LAYER = 10
+REFERENCE_DEPTH = 28
+
+AGGREGATIONS = ("max", "mean")
+
+
+@dataclass(frozen=True)
+class PruneVidConfig:
+    """What PruneVid does to a video's tokens. Every field is checked when the object is built.
+
+    Stage 1 (before the LLM) merges tokens: temporal segments by DPC-KNN over frame means
+    (``temporal_segment_ratio``, ``dpc_knn_k``), static positions (mean cosine similarity ``> tau``)
+    collapsed over each segment, then spatial DPC-KNN into ``int(n * cluster_ratio)`` tokens when
+    ``n > min_tokens_to_cluster``.
+    Stage 2 (at LLM layer ``pruning_layer``, prefill only) keeps ``floor(keep_ratio * n)`` video tokens
+    per group, ranked by the attention the question pays them (``attention_aggregation``).
+    Stage 3 (``enable_cache_compression``) cuts the KV cache of layers ``0..pruning_layer`` to the
+    tokens Stage 2 kept.
+
+    ``pruning_layer=None`` means "the depth fraction of layer 10 of 28", resolved for the attached model
+    by :meth:`resolve_pruning_layer`.
+    """
+
+    enable_stage1: bool = False
+    enable_stage2: bool = False
+    enable_cache_compression: bool = False
+    tau: float = 0.8
+    temporal_segment_ratio: float = 0.25
+    cluster_ratio: float = 0.5
+    dpc_knn_k: int = 7
+    min_tokens_to_cluster: int = 14
+    keep_ratio: float = 0.4
+    pruning_layer: int | None = None
+    attention_aggregation: str = "max"
+
+    def __post_init__(self) -> None:
+        for name in ("enable_stage1", "enable_stage2", "enable_cache_compression"):
+            _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "True or False")
+        tau = self.tau
+        _check(
+            "tau",
+            tau,
+            _is_real(tau) and math.isfinite(tau) and tau >= -1.0,
+            "a finite number >= -1 (a cosine-similarity threshold; above 1 keeps every position dynamic)",
+        )
+        for name in ("temporal_segment_ratio", "cluster_ratio", "keep_ratio"):
+            value = getattr(self, name)
+            _check(name, value, _is_real(value) and 0.0 < value <= 1.0, "a number in (0, 1]")
+        _check(
+            "dpc_knn_k", self.dpc_knn_k, _is_int(self.dpc_knn_k) and self.dpc_knn_k >= 1, "an integer >= 1"
+        )
+        _check(
+            "min_tokens_to_cluster",
+            self.min_tokens_to_cluster,
+            _is_int(self.min_tokens_to_cluster) and self.min_tokens_to_cluster >= 0,
+            "an integer >= 0",
+        )
+        layer = self.pruning_layer
+        _check(
+            "pruning_layer",
+            layer,
+            layer is None or (_is_int(layer) and layer >= 0),
+            "None or an integer >= 0 (below the attached model's number of LLM layers)",
+        )
+        _check(
+            "attention_aggregation",
+            self.attention_aggregation,
+            self.attention_aggregation in AGGREGATIONS,
+            f"one of {AGGREGATIONS}",
+        )
+        if self.enable_cache_compression and not self.enable_stage2:
+            raise ValueError(
+                "enable_cache_compression=True needs enable_stage2=True: Stage 3 cuts the cache to the "
+                "tokens Stage 2 keeps"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any stage changes the model's computation."""
+        return self.enable_stage1 or self.enable_stage2
+
+    def replace(self, **changes: object) -> PruneVidConfig:
+        """A copy with ``changes`` applied (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+    def resolve_pruning_layer(self, num_layers: int) -> int:
+        """The 0-indexed LLM layer where Stage 2 selects, for a model with ``num_layers`` decoder layers.
+
+        Raises ``ValueError`` if an explicit ``pruning_layer`` is not below ``num_layers``.
+        """
+        if self.pruning_layer is None:
+            fraction = REFERENCE_PRUNING_LAYER / REFERENCE_DEPTH
+            return min(num_layers - 1, round(fraction * num_layers))
+        if self.pruning_layer >= num_layers:
+            raise ValueError(
+                f"pruning_layer={self.pruning_layer} is outside the model: allowed 0..{num_layers - 1} "
+                f"for its {num_layers} LLM layers"
+            )
+        return self.pruning_layer
+
+    @classmethod
+    def preset(cls, name: str) -> PruneVidConfig:
+        """The named preset of the specification: one of :data:`PRESETS`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return PRESETS[name]
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(name: str, value: object, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is invalid: allowed is {allowed}")
+
+
+_ALL_STAGES = dict(enable_stage1=True, enable_stage2=True, enable_cache_compression=True)
+
+PRESETS: dict[str, PruneVidConfig] = {
+    "baseline": PruneVidConfig(),
+    "paper": PruneVidConfig(**_ALL_STAGES),
+    "stage1_only": PruneVidConfig(enable_stage1=True),
+    "stage2_only": PruneVidConfig(enable_stage2=True, enable_cache_compression=True),
+    "conservative": PruneVidConfig(**_ALL_STAGES, tau=0.85, cluster_ratio=0.6, keep_ratio=0.5),
+    "aggressive": PruneVidConfig(**_ALL_STAGES, tau=0.7, cluster_ratio=0.3, keep_ratio=0.3),
+}
