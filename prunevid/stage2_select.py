@@ -1,0 +1,107 @@
+"""Stage 2 of PruneVid: keep the video tokens the question attends to most (pure tensor functions).
+
+At LLM layer ``M`` the queries of the question rows (every token after the last video token) are
+scored against all keys of the prompt, without rotary embedding and without a mask; each video token
+gets one importance (max over heads, then max over rows), and each budget group keeps its best
+``floor(keep_ratio * n)`` tokens, at least one. The adapter gathers the rows; nothing here knows a model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# Rows x keys of float32 logits held at once per head chunk; bounds memory on long videos.
+_MAX_CHUNK_ELEMENTS = 1 << 26
+
+
+def question_attention_scores(query: Tensor, key: Tensor, aggregation: str = "max") -> Tensor:
+    """Importance of every key for the question rows: ``softmax(Q K^T / sqrt(d))`` aggregated.
+
+    Args:
+        query: ``[H, R, d]`` queries of the R question rows (before rotary embedding), any float dtype.
+        key: ``[H_kv, S, d]`` keys of all S prompt tokens (before rotary embedding); ``H % H_kv == 0``,
+            key heads are repeated for grouped-query attention.
+        aggregation: ``"max"`` (max over heads, then max over rows: the paper's choice) or ``"mean"``.
+
+    Returns:
+        ``[S]`` float32 importance per key. The softmax runs in float32 over all S keys; only a
+        ``[heads_chunk, R, S]`` block exists at any time, never an ``[S, S]`` matrix.
+    """
+    heads, rows, head_dim = query.shape
+    kv_heads, length, _ = key.shape
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} key heads")
+    if rows == 0:
+        raise ValueError("question_attention_scores needs at least one query row")
+    group = heads // kv_heads
+    scale = 1.0 / math.sqrt(head_dim)
+    chunk = max(1, min(heads, _MAX_CHUNK_ELEMENTS // max(1, rows * length)))
+    result = None
+    for start in range(0, heads, chunk):
+        q = query[start : start + chunk].float()
+        # Query head h reads key head h // group (transformers' repeat_kv order).
+        k = key.index_select(0, torch.arange(start, start + q.shape[0], device=key.device) // group).float()
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale, dim=-1)  # [h, R, S]
+        if aggregation == "max":
+            part = probs.amax(dim=0)
+            result = part if result is None else torch.maximum(result, part)
+        elif aggregation == "mean":
+            part = probs.sum(dim=0)
+            result = part if result is None else result + part
+        else:
+            raise ValueError(f"attention_aggregation must be 'max' or 'mean', got {aggregation!r}")
+    assert result is not None
+    return result.amax(dim=0) if aggregation == "max" else result.sum(dim=0) / (heads * rows)
+
+
+def budget_groups(
+    frame_index: Tensor, segment_id: Tensor | None = None, is_static: Tensor | None = None
+) -> Tensor:
+    """Budget group of every video token: its Stage-1 segment if static, else its frame.
+
+    Args:
+        frame_index: ``[n]`` int64 temporal grid index (frame) of each video token.
+        segment_id: ``[n]`` int64 Stage-1 segment of each token, or None when Stage 1 is off.
+        is_static: ``[n]`` bool Stage-1 static flag, or None when Stage 1 is off.
+
+    Returns:
+        ``[n]`` int64 group ids (dense, 0..G-1): dynamic tokens grouped per frame, static tokens per
+        segment; per frame for everything when Stage 1 is off.
+    """
+    if segment_id is None or is_static is None:
+        keys = frame_index
+    else:
+        # Two disjoint key ranges: frames are even, segments are odd.
+        keys = torch.where(is_static, 2 * segment_id + 1, 2 * frame_index)
+    return torch.unique(keys, return_inverse=True)[1]
+
+
+def select_tokens(scores: Tensor, groups: Tensor, keep_ratio: float) -> Tensor:
+    """Indices of the tokens kept: the ``max(1, floor(keep_ratio * n_g))`` best of every group ``g``.
+
+    Args:
+        scores: ``[n]`` importance per token (higher is kept first).
+        groups: ``[n]`` int64 group id per token.
+        keep_ratio: fraction kept per group, in (0, 1].
+
+    Returns:
+        ``[k]`` int64 indices into ``n``, increasing. Ties go to the earlier token (stable sorts), so the
+        result is the same on every run and device.
+    """
+    n = scores.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    # Sort by score (descending), then stably by group: each group's tokens end up best first.
+    by_score = torch.sort(scores.float(), descending=True, stable=True).indices
+    order = by_score[torch.sort(groups[by_score], stable=True).indices]
+    sorted_groups = groups[order]
+    counts = torch.bincount(groups)
+    group_start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n, device=scores.device) - group_start[sorted_groups]
+    # The epsilon keeps floor(0.29 * 100) at 29 despite binary rounding.
+    budget = torch.clamp(torch.floor(counts.double() * keep_ratio + 1e-9).long(), min=1)
+    kept = order[rank < budget[sorted_groups]]
+    return torch.sort(kept).values
