@@ -1,0 +1,94 @@
+"""What a prefill did to the prompt: token counts per stage, kept positions, KV-cache size."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class VideoStats:
+    """One video of one sample.
+
+    Attributes:
+        tokens_in: video tokens the vision tower produced for it.
+        tokens_after_stage1: tokens left after Stage 1 (``tokens_in`` when Stage 1 is off).
+        tokens_after_stage2: tokens left after Stage 2 (``tokens_after_stage1`` when it is off or skipped).
+        kept_indices: position in the original prompt of each token that reached the last layer (a merged
+            token is named by its representative source token), increasing.
+    """
+
+    tokens_in: int
+    tokens_after_stage1: int
+    tokens_after_stage2: int
+    kept_indices: list[int] = field(default_factory=list)
+
+    @property
+    def retention(self) -> float:
+        """Fraction of this video's tokens that reached the last layer."""
+        return self.tokens_after_stage2 / self.tokens_in if self.tokens_in else 1.0
+
+
+@dataclass
+class SampleStats:
+    """One sample (row of the batch).
+
+    Attributes:
+        prompt_length: tokens of the prompt as the processor made it (padding included).
+        videos: one entry per video of the sample, in prompt order.
+        stage2_skipped: why Stage 2 did not run for this sample, or None if it ran (or is off).
+    """
+
+    prompt_length: int
+    videos: list[VideoStats] = field(default_factory=list)
+    stage2_skipped: str | None = None
+
+
+@dataclass
+class PruneStats:
+    """Statistics of the last prefill.
+
+    Attributes:
+        samples: per sample of the batch.
+        kv_cache_length: cached tokens per LLM layer after prefill (empty without a cache).
+        kv_cache_bytes: bytes of all cached keys and values after prefill.
+        kv_cache_bytes_unpruned: bytes the cache would hold had nothing been pruned.
+        pruning_layer: the LLM layer where Stage 2 selected, or None when it is off.
+    """
+
+    samples: list[SampleStats] = field(default_factory=list)
+    kv_cache_length: list[int] = field(default_factory=list)
+    kv_cache_bytes: int = 0
+    kv_cache_bytes_unpruned: int = 0
+    pruning_layer: int | None = None
+
+    @property
+    def video_tokens_in(self) -> int:
+        """Video tokens entering, over the batch."""
+        return sum(v.tokens_in for s in self.samples for v in s.videos)
+
+    @property
+    def video_tokens_after_stage1(self) -> int:
+        """Video tokens after Stage 1, over the batch."""
+        return sum(v.tokens_after_stage1 for s in self.samples for v in s.videos)
+
+    @property
+    def video_tokens_after_stage2(self) -> int:
+        """Video tokens after Stage 2, over the batch."""
+        return sum(v.tokens_after_stage2 for s in self.samples for v in s.videos)
+
+    @property
+    def retention(self) -> float:
+        """Fraction of the batch's video tokens that reached the last layer."""
+        total = self.video_tokens_in
+        return self.video_tokens_after_stage2 / total if total else 1.0
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict, with the totals."""
+        out = asdict(self)
+        out.update(
+            video_tokens_in=self.video_tokens_in,
+            video_tokens_after_stage1=self.video_tokens_after_stage1,
+            video_tokens_after_stage2=self.video_tokens_after_stage2,
+            retention=self.retention,
+        )
+        return out
