@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import transformers
 
 from prunevid.config import PRESETS, PruneVidConfig
 from prunevid.pipeline import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, Answer, ask, load
@@ -20,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prunevid`` command; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    transformers.utils.logging.disable_progress_bar()  # the answer, not weight-loading bars
     try:
         return args.run(args)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:

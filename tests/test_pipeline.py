@@ -1,0 +1,204 @@
+"""load() / ask() / the CLI on a real local checkpoint and real video files; bad input gets clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from prunevid import PruneVidConfig, ask, attach, load
+from prunevid.cli import main
+from prunevid.qwen2_5_vl import pruner_of
+from prunevid.synthetic import make_clip, write_video
+
+
+@pytest.fixture(scope="module")
+def video_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    frames = make_clip(16, 112, 112, seed=3, scene_cut_at=8)
+    return write_video(frames, tmp_path_factory.mktemp("video") / "clip.mp4", fps=8.0)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint: Path) -> Any:
+    model, processor, pruner = load(tiny_checkpoint, dtype=torch.float32)
+    yield model, processor, pruner
+    pruner.detach()
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_attached(models: dict[str, Any]) -> None:
+    yield
+    for model in models.values():
+        pruner = pruner_of(model)
+        if pruner is not None:
+            pruner.detach()
+
+
+def test_load_attaches_the_paper_preset(loaded: Any) -> None:
+    model, processor, pruner = loaded
+    assert pruner_of(model) is pruner and pruner.config == PruneVidConfig.preset("paper")
+    assert not model.training and model.dtype == torch.float32
+    assert pruner.pruning_layer == 1  # layer 10 of 28 scaled to the tiny model's 4 layers
+
+
+def test_ask_answers_from_a_video_file(loaded: Any, video_file: Path) -> None:
+    model, processor, _ = loaded
+    answer = ask(model, processor, video_file, "What moves in the video?", num_frames=16, max_new_tokens=4)
+    assert isinstance(answer.text, str) and 1 <= len(answer.token_ids) <= 4
+    assert answer.num_frames == 16
+    stats = answer.stats
+    assert stats.video_tokens_in == 8 * 4 * 4  # 16 frames of 112 x 112: 8 x 4 x 4 LLM tokens
+    assert stats.video_tokens_after_stage2 < stats.video_tokens_after_stage1 < stats.video_tokens_in
+    assert set(answer.timings) == {"load_video", "preprocess", "ttft", "decode", "total"}
+    assert all(value >= 0 for value in answer.timings.values())
+    assert json.loads(json.dumps(answer.to_dict()))["stats"]["retention"] == pytest.approx(stats.retention)
+
+
+def test_ask_samples_by_fps_and_respects_the_pixel_budget(loaded: Any, video_file: Path) -> None:
+    model, processor, _ = loaded
+    answer = ask(model, processor, video_file, "Colour?", fps=4.0, max_pixels=56 * 56, max_new_tokens=1)
+    assert answer.num_frames == 8  # 16 frames at 8 fps sampled at 4 fps
+    assert answer.stats.video_tokens_in == 4 * 2 * 2
+
+
+def test_ask_matches_generate_on_the_same_clip(loaded: Any, video_file: Path) -> None:
+    """ask() is a thin wrapper: the same tokens as the user's own generate() call."""
+    from prunevid.prompt import build_inputs
+    from prunevid.video import load_video
+
+    model, processor, _ = loaded
+    clip = load_video(video_file, num_frames=8, max_pixels=112 * 112)
+    answer = ask(model, processor, clip, "What moves?", max_new_tokens=4)
+    inputs = build_inputs(processor, clip, "What moves?")
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert answer.token_ids == generated[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+@pytest.mark.parametrize(
+    ("make_file", "error", "message"),
+    [
+        (lambda folder: folder / "missing.mp4", FileNotFoundError, "not found"),
+        (lambda folder: _write(folder / "empty.mp4", b""), ValueError, "could not decode"),
+        (lambda folder: _write(folder / "noise.mp4", bytes(range(256)) * 64), ValueError, "could not decode"),
+        (lambda folder: write_video(make_clip(1, 56, 56), folder / "one.mp4"), ValueError, "at least"),
+    ],
+)
+def test_bad_videos_get_clear_errors(
+    loaded: Any, tmp_path: Path, make_file: Any, error: type, message: str
+) -> None:
+    model, processor, _ = loaded
+    with pytest.raises(error, match=message):
+        ask(model, processor, make_file(tmp_path), "What moves?")
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_empty_question_is_refused(loaded: Any, video_file: Path) -> None:
+    model, processor, _ = loaded
+    with pytest.raises(ValueError, match="question"):
+        ask(model, processor, video_file, "   ")
+
+
+def test_load_refuses_an_unsupported_model(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="'bert' model; prunevid supports"):
+        load(tmp_path)
+
+
+def test_attach_refuses_other_models_and_bad_layers(models: dict[str, Any]) -> None:
+    with pytest.raises(TypeError, match="Qwen2_5_VLForConditionalGeneration"):
+        attach(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="pruning_layer=4 is outside the model"):
+        attach(models["sdpa"], PruneVidConfig.preset("paper").replace(pruning_layer=4))
+    with attach(models["sdpa"]):
+        with pytest.raises(RuntimeError, match="already attached"):
+            attach(models["sdpa"])
+
+
+def test_static_cache_is_refused(models: dict[str, Any], prompts: dict[str, Any]) -> None:
+    with attach(models["sdpa"]):
+        with pytest.raises(ValueError, match="DynamicCache"):
+            models["sdpa"].generate(**prompts["single"], max_new_tokens=2, cache_implementation="static")
+
+
+def test_unsupported_attention_is_refused(models: dict[str, Any]) -> None:
+    model = models["sdpa"]
+    text_config = model.model.language_model.config
+    original = text_config._attn_implementation
+    text_config._attn_implementation = "flex_attention"
+    try:
+        with pytest.raises(ValueError, match="attn_implementation"):
+            attach(model)
+    finally:
+        text_config._attn_implementation = original
+
+
+def test_image_only_prompt_is_a_recorded_skip(models: dict[str, Any], tiny_processor: Any) -> None:
+    model = models["sdpa"]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+    text = tiny_processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = tiny_processor(text=[text], images=[make_clip(1, 56, 56)[0]], return_tensors="pt")
+    with torch.no_grad():
+        stock = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        with attach(model) as pruner:
+            ours = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert torch.equal(ours, stock)
+    sample = pruner.last_stats.samples[0]
+    assert sample.videos == [] and sample.stage2_skipped == "no video in this sample"
+
+
+def test_video_with_no_text_after_it_skips_stage2(models: dict[str, Any], tiny_processor: Any) -> None:
+    from prunevid.video import VideoClip
+
+    model = models["sdpa"]
+    frames = make_clip(4, 56, 56)
+    clip = VideoClip(frames, 4.0, 4, np.arange(4))
+    kwargs = {"video_metadata": [clip.metadata]} if transformers.__version__ >= "5" else {}
+    inputs = tiny_processor(
+        text=["<|im_start|>user\n<|vision_start|><|video_pad|>"],
+        videos=[frames],
+        return_tensors="pt",
+        **kwargs,
+    )
+    with attach(model, PruneVidConfig.preset("stage2_only")) as pruner:
+        with torch.no_grad():
+            model(**inputs)
+    assert pruner.last_stats.samples[0].stage2_skipped == "no text after the last video"
+    assert pruner.last_stats.retention == 1.0
+
+
+def test_cli_demo_runs_offline(
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PRUNEVID_CACHE", str(tmp_path))
+    assert main(["demo", "--json", "--frames", "8", "--max-new-tokens", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    stock, paper = result["results"]["baseline"], result["results"]["paper"]
+    assert stock["stats"]["retention"] == 1.0 and paper["stats"]["retention"] < 0.5
+    assert main(["demo", "--preset", "stage1_only", "--frames", "8", "--max-new-tokens", "1"]) == 0
+    assert "meaningless" in capsys.readouterr().out
+
+
+def test_cli_ask_with_a_local_checkpoint(
+    capsys: pytest.CaptureFixture, tiny_checkpoint: Path, video_file: Path
+) -> None:
+    argv = ["ask", str(video_file), "What moves?", "--model", str(tiny_checkpoint), "--frames", "8"]
+    assert main([*argv, "--max-new-tokens", "2", "--json", "--preset", "aggressive"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["preset"] == "aggressive" and result["num_frames"] == 8
+
+
+def test_cli_reports_bad_input_without_a_traceback(
+    capsys: pytest.CaptureFixture, tiny_checkpoint: Path
+) -> None:
+    assert main(["ask", "/no/such/video.mp4", "What?", "--model", str(tiny_checkpoint)]) == 2
+    assert "prunevid: error: video file not found" in capsys.readouterr().err
