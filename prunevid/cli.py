@@ -52,7 +52,81 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(demo)
     demo.add_argument("--frames", type=int, default=16, help="frames of the generated clip (default 16)")
     demo.set_defaults(run=_run_demo, max_new_tokens=8)
+    _add_eval(commands)
     return parser
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    from prunevid.benchmarks_data import BENCHMARKS
+    from prunevid.evaluation import DEFAULT_FRAMES, DEFAULT_MAX_NEW_TOKENS
+
+    command = commands.add_parser(
+        "eval",
+        help="accuracy and speed of presets on a benchmark (EgoSchema, MVBench, Video-MME), resumable",
+        description="Answer every question of a locally downloaded benchmark under each preset with one "
+        "model load; rows go to OUT/predictions.jsonl as they are made (a rerun resumes), the summary to "
+        "OUT/summary.json and OUT/summary.md.",
+    )
+    command.add_argument(
+        "benchmark", choices=BENCHMARKS, help="egoschema is the 500-question subset with answers"
+    )
+    command.add_argument("--data", required=True, help="the benchmark's folder, as downloaded from the hub")
+    command.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint (default {DEFAULT_MODEL})"
+    )
+    command.add_argument(
+        "--presets",
+        default="baseline,paper",
+        help=f"comma-separated, from {', '.join(PRESETS)} (default baseline,paper)",
+    )
+    command.add_argument("--limit", type=int, help="only N samples, spread over the tasks / duration buckets")
+    sampling = command.add_mutually_exclusive_group()
+    sampling.add_argument(
+        "--frames", type=int, help=f"frames sampled evenly per video (default {DEFAULT_FRAMES})"
+    )
+    sampling.add_argument("--fps", type=float, help="frames sampled per second of video instead")
+    command.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget per frame")
+    command.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    command.add_argument("--out", type=Path, help="output folder (default prunevid-eval/BENCHMARK-MODEL)")
+    command.add_argument(
+        "--no-retry-errors", action="store_true", help="on a rerun, keep rows that recorded an error"
+    )
+    command.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from prunevid.benchmarks_data import read_benchmark
+    from prunevid.evaluation import PREDICTIONS, evaluate, summary_markdown
+
+    presets = [name.strip() for name in args.presets.split(",") if name.strip()]
+    for name in presets:
+        PruneVidConfig.preset(name)  # an unknown name fails before the model loads
+    try:
+        samples = read_benchmark(args.benchmark, args.data)  # bad data fails before the model loads
+    except ImportError as error:
+        print(f"prunevid: error: {error}", file=sys.stderr)
+        return 2
+    out = args.out or Path("prunevid-eval") / f"{args.benchmark}-{Path(str(args.model).rstrip('/')).name}"
+    kwargs = {"device_map": "auto"} if torch.cuda.is_available() else {}
+    model, processor, pruner = load(args.model, PruneVidConfig.preset("baseline"), **kwargs)
+    pruner.detach()  # evaluate() attaches each preset in turn
+    summary = evaluate(
+        model,
+        processor,
+        samples,
+        out,
+        presets,
+        benchmark=args.benchmark,
+        fps=args.fps,
+        num_frames=args.frames,
+        max_pixels=args.max_pixels,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        retry_errors=not args.no_retry_errors,
+    )
+    print(summary_markdown(summary))
+    print(f"rows: {out / PREDICTIONS}; summary: {out / 'summary.json'}, {out / 'summary.md'}")
+    return 0
 
 
 def _add_common(command: argparse.ArgumentParser) -> None:

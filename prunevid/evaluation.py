@@ -1,0 +1,834 @@
+"""Accuracy and speed of PruneVid presets on video multiple-choice benchmarks: resumable, one model load.
+
+``evaluate(model, processor, samples, out_dir, presets)`` asks every sample's question under every preset
+(the pruner is attached and detached around each answer, so the model is loaded once and the presets see
+the same decoded frames) and appends one JSON line per (sample, preset) to ``out_dir/predictions.jsonl``:
+
+    id, preset, group, video, prediction (letter or null), raw_answer, gold, correct,
+    num_frames, tokens_in, tokens_after_stage1, tokens_after_stage2, retention, kv_cache_bytes,
+    ttft_s, latency_s, video_load_s, error, sample_hash
+
+Resuming: a rerun skips the (id, preset) pairs the file already holds for the same question (by
+``sample_hash``); rows that record an error are run again unless ``retry_errors=False``; the newest row of
+a pair wins. Each row is flushed and synced before the next answer, and a truncated last line (a crash
+mid-write) is dropped, so a crash loses at most the answer being written. ``out_dir/run.json`` keeps the
+settings and preset configs; a rerun with different ones is refused rather than mixing results.
+
+At the end ``summary.json`` and ``summary.md`` give accuracy per preset and per group (task or duration
+bucket), mean retention, mean TTFT and latency, and the speedup over ``baseline`` on the same samples;
+EgoSchema runs also get ``submission_<preset>.json`` (``{id: option index}``, the benchmark server's format).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import string
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+
+from prunevid.benchmarks_data import Sample, read_benchmark
+from prunevid.config import PRESETS, PruneVidConfig
+from prunevid.pipeline import DEFAULT_MAX_PIXELS, ask
+from prunevid.qwen2_5_vl import attach, pruner_of
+from prunevid.video import VideoClip, load_video, sample_frame_indices
+
+__all__ = [
+    "ANSWER_INSTRUCTION",
+    "DEFAULT_FRAMES",
+    "evaluate",
+    "extract_choice",
+    "format_prompt",
+    "load_sample_clip",
+    "read_rows",
+    "run_benchmark",
+    "summarize",
+    "summary_markdown",
+]
+
+LETTERS = string.ascii_uppercase
+ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+# Bump when format_prompt changes: rows written with another prompt must not be resumed.
+PROMPT_VERSION = 1
+# Frames per video when neither fps nor a count is given: long videos (EgoSchema 3 min, Video-MME up to an
+# hour) at the 2-fps default of `ask` would not fit in memory.
+DEFAULT_FRAMES = 32
+DEFAULT_MAX_NEW_TOKENS = 16  # a letter, with room for "The answer is (B)."
+PREDICTIONS = "predictions.jsonl"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Prompt and answer extraction (pure)
+
+
+def format_prompt(question: str, options: Sequence[str]) -> str:
+    """The question, one ``"A. text"`` line per option, then :data:`ANSWER_INSTRUCTION`."""
+    lines = [question.strip()]
+    lines += [f"{LETTERS[i]}. {str(option).strip()}" for i, option in enumerate(options)]
+    lines.append(ANSWER_INSTRUCTION)
+    return "\n".join(lines)
+
+
+_TAGGED = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_WHOLE = re.compile(r"^[\W_]*([A-Za-z])[\W_]*$")
+_LEADING = re.compile(r"^\W*([A-Z])(?:[.):\]*,]|$)")
+# The keyword is case-insensitive, the letter is not: "the answer is a man" is not option A.
+_PHRASE = re.compile(
+    r"(?i:\b(?:answer|option|choice)\b)(?:\s+(?i:is|would be|should be))?"
+    r"\s*[:\-]?\s*[(\[*]*([A-Z])(?![A-Za-z])"
+)
+_PAREN = re.compile(r"\(([A-Z])\)")
+_TOKEN = re.compile(r"(?<![A-Za-z0-9_'])([A-Z])(?![A-Za-z0-9_'])")
+_NEXT_WORD = re.compile(r"\s+([a-z]+)")
+# A lone capital followed by a lowercase word is usually a word itself ("A man ...", "I think ...", and
+# EgoSchema's camera wearer "C stops ..."), unless the word is one that follows a named option.
+_AFTER_A_LETTER = frozenset(
+    {"is", "or", "and", "because", "seems", "would", "should", "looks", "fits", "matches"}
+)
+
+
+def extract_choice(text: str, options: Sequence[str]) -> str | None:
+    """The option letter a free-form answer chose, or None if it names none.
+
+    Tried in order, each accepting only letters of the given options: the whole answer is one letter
+    (``"b"``, ``"(B)"``, ``"B."``); it starts with a letter and a delimiter (``"B. apples"``,
+    ``"B) apples"``); a phrase (``"The answer is B"``, ``"Answer: (C)"``, ``"option D"``); a
+    parenthesised letter anywhere (``"... (C) ..."``); the text of an option (exact, contained, or a
+    truncated start of one); finally a capital letter standing alone (``"I think B"``, ``"B is right"``),
+    but not one followed by a lowercase word other than a few such as "is" ("A man ..." is no answer).
+    The first match of a rule wins.
+    """
+    letters = LETTERS[: len(options)]
+    text = text.strip()
+    tagged = _TAGGED.search(text)
+    if tagged:
+        text = tagged.group(1).strip()
+    whole = _WHOLE.match(text)
+    if whole and whole.group(1).upper() in letters:
+        return whole.group(1).upper()
+    leading = _LEADING.match(text)
+    if leading and leading.group(1) in letters:
+        return leading.group(1)
+    for pattern in (_PHRASE, _PAREN):
+        for match in pattern.finditer(text):
+            if match.group(1) in letters:
+                return match.group(1)
+    by_text = _match_option_text(text, options)
+    if by_text is not None:
+        return LETTERS[by_text]
+    for match in _TOKEN.finditer(text):
+        following = _NEXT_WORD.match(text, match.end())
+        if following and following.group(1) not in _AFTER_A_LETTER:
+            continue
+        if match.group(1) in letters:
+            return match.group(1)
+    return None
+
+
+def _normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _match_option_text(text: str, options: Sequence[str]) -> int | None:
+    """Index of the option the answer quotes: equal, else the longest option it contains (unique), else
+    the only option it is the start of (an answer cut by the token limit)."""
+    answer = _normalize(text)
+    if not answer:
+        return None
+    normalized = [_normalize(str(o)) for o in options]
+    equal = [i for i, o in enumerate(normalized) if o == answer]
+    if len(equal) == 1:
+        return equal[0]
+    contained = [i for i, o in enumerate(normalized) if o and f" {o} " in f" {answer} "]
+    if contained:
+        longest = max(len(normalized[i]) for i in contained)
+        best = [i for i in contained if len(normalized[i]) == longest]
+        if len(best) == 1:
+            return best[0]
+    if len(answer) >= 4:
+        starts = [i for i, o in enumerate(normalized) if o.startswith(answer)]
+        if len(starts) == 1:
+            return starts[0]
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Frames of one sample
+
+
+def load_sample_clip(
+    sample: Sample,
+    *,
+    fps: float | None = None,
+    num_frames: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> VideoClip:
+    """Decode and sample the frames of ``sample.video`` (only ``[start, end]`` when the sample has one).
+
+    Without a window this is :func:`~prunevid.video.load_video`. With one, the video is decoded at a rate
+    that gives about twice the frames wanted inside the window (at most 16 fps), and ``num_frames`` (or
+    ``fps * duration``) of those are picked evenly.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`~prunevid.video.load_video`; a folder of frames; fewer
+            than 2 frames inside the window.
+    """
+    if sample.video.is_dir():
+        raise ValueError(
+            f"{str(sample.video)!r} is a folder of frames; prunevid reads video files (MVBench: use the "
+            "pre-cut mp4 segments of the dataset's 'video' revision)"
+        )
+    if sample.start is None or sample.end is None:
+        return load_video(sample.video, fps=fps, num_frames=num_frames, max_pixels=max_pixels)
+    span = max(sample.end - sample.start, 1e-3)
+    wanted = num_frames if num_frames is not None else max(2, round(span * (fps or 2.0)))
+    rate = max(fps or 0.0, min(2.0 * wanted / span, 16.0))
+    clip = load_video(sample.video, fps=rate, max_pixels=max_pixels)
+    times = clip.frame_indices / clip.source_fps
+    inside = np.flatnonzero((times >= sample.start - 1e-6) & (times <= sample.end + 1e-6))
+    if len(inside) < 2:
+        raise ValueError(
+            f"{str(sample.video)!r}: fewer than 2 frames between {sample.start} s and {sample.end} s "
+            f"(the video lasts {clip.total_num_frames / clip.source_fps:.1f} s)"
+        )
+    pick = inside[sample_frame_indices(len(inside), 1.0, num_frames=min(wanted, len(inside)))]
+    return VideoClip(
+        frames=np.ascontiguousarray(clip.frames[pick]),
+        source_fps=clip.source_fps,
+        total_num_frames=clip.total_num_frames,
+        frame_indices=clip.frame_indices[pick],
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# The results file
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every row of a predictions file, in file order; unreadable lines are skipped with a warning."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    lines = path.read_bytes().split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            # The last line may be cut by a crash mid-write; anything else is damage worth reporting.
+            if number < len(lines):
+                warnings.warn(
+                    f"{path}: line {number} is not valid JSON; its answer will be redone", stacklevel=2
+                )
+            continue
+        if isinstance(row, dict) and "id" in row and "preset" in row:
+            rows.append(row)
+    return rows
+
+
+class _Results:
+    """Append-only JSON Lines file; the newest row of each (id, preset) counts."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._drop_partial_last_line()
+        self.latest: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in read_rows(path):
+            self.latest[(str(row["id"]), str(row["preset"]))] = row
+
+    def _drop_partial_last_line(self) -> None:
+        # Appending after a cut line would glue the next row to it; the cut answer is redone instead.
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            warnings.warn(
+                f"{self.path}: dropping a truncated last line ({len(data) - keep} bytes)", stacklevel=3
+            )
+            with self.path.open("r+b") as file:
+                file.truncate(keep)
+
+    def append(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        self.latest[(row["id"], row["preset"])] = row
+
+
+def _sample_hash(sample: Sample) -> str:
+    """What a row's answer depends on in the sample; a changed question or video name reruns it."""
+    key = [sample.video.name, sample.question, list(sample.options), sample.gold, sample.start, sample.end]
+    return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def run_benchmark(
+    benchmark: str,
+    data_dir: str | os.PathLike,
+    model: Any,
+    processor: Any,
+    out_dir: str | os.PathLike,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Read ``benchmark`` from ``data_dir`` (see :mod:`prunevid.benchmarks_data`) and :func:`evaluate` it."""
+    return evaluate(
+        model, processor, read_benchmark(benchmark, data_dir), out_dir, benchmark=benchmark, **kwargs
+    )
+
+
+def evaluate(
+    model: Any,
+    processor: Any,
+    samples: Sequence[Sample],
+    out_dir: str | os.PathLike,
+    presets: Sequence[str] | Mapping[str, PruneVidConfig] = ("baseline", "paper"),
+    *,
+    benchmark: str = "custom",
+    fps: float | None = None,
+    num_frames: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    limit: int | None = None,
+    retry_errors: bool = True,
+    warmup: bool = True,
+    progress: bool = True,
+    max_consecutive_errors: int | None = 20,
+) -> dict[str, Any]:
+    """Answer every sample under every preset, appending rows to ``out_dir/predictions.jsonl``.
+
+    Args:
+        model / processor: a loaded Qwen2.5-VL and its processor. A pruner already attached is detached
+            for the run and an equal one attached again at the end (a new handle: use ``pruner_of(model)``).
+        samples: from :mod:`prunevid.benchmarks_data` (or your own :class:`Sample` list); ids unique.
+        out_dir: created if needed; an existing run there is resumed (same settings only).
+        presets: names from :data:`~prunevid.config.PRESETS`, or ``{name: PruneVidConfig}``.
+        benchmark: its name, recorded; ``egoschema*`` also writes the submission files.
+        fps / num_frames: frame sampling (at most one); default :data:`DEFAULT_FRAMES` frames.
+        max_pixels: pixel budget per frame. max_new_tokens: generation limit.
+        limit: run only this many samples, taken round-robin over the groups (a small run still covers
+            every task / duration bucket), in a fixed order.
+        retry_errors: run again the pairs whose stored row records an error (the video may be fixed).
+        warmup: before timing, answer the first pending sample once per preset (not recorded), so one-off
+            costs (CUDA context, kernel selection) do not land in the first row's TTFT.
+        progress: a tqdm bar (a plain line per sample without tqdm) on stderr, with running accuracy.
+        max_consecutive_errors: stop (RuntimeError) when this many samples in a row fail under every
+            preset; a wrong video folder then costs seconds, not a pass over the whole benchmark.
+
+    Returns:
+        The summary (also in ``summary.json`` / ``summary.md``), see :func:`summarize`.
+    """
+    if fps is not None and num_frames is not None:
+        raise ValueError(f"give fps or num_frames, not both (got fps={fps}, num_frames={num_frames})")
+    if fps is None and num_frames is None:
+        num_frames = DEFAULT_FRAMES
+    configs = _preset_configs(presets)
+    samples = list(samples)
+    if len({s.id for s in samples}) != len(samples):
+        raise ValueError("sample ids must be unique: they key the rows a rerun resumes from")
+    planned = _spread(samples, limit)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "benchmark": benchmark,
+        "model": str(getattr(model.config, "_name_or_path", "") or type(model).__name__),
+        "dtype": str(model.dtype),
+        "fps": fps,
+        "num_frames": num_frames,
+        "max_pixels": max_pixels,
+        "max_new_tokens": max_new_tokens,
+        "prompt_version": PROMPT_VERSION,
+    }
+    _check_run_file(out / "run.json", settings, configs)
+    results = _Results(out / PREDICTIONS)
+
+    previous = pruner_of(model)
+    previous_config = previous.config if previous is not None else None
+    if previous is not None:
+        previous.detach()
+    try:
+        for config in configs.values():
+            attach(model, config).detach()  # a bad preset fails here, not as one error row per sample
+        runner = _Runner(model, processor, configs, results, fps, num_frames, max_pixels, max_new_tokens)
+        runner.run(planned, retry_errors, warmup, progress, max_consecutive_errors, benchmark)
+    finally:
+        if pruner_of(model) is not None:
+            pruner_of(model).detach()
+        if previous_config is not None:
+            attach(model, previous_config)
+
+    rows = _current_rows(results, planned, configs)
+    summary = summarize(rows, list(configs), settings=settings, samples=len(planned))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
+    if benchmark.startswith("egoschema"):
+        _write_submissions(out, rows, planned, list(configs))
+    return summary
+
+
+def _preset_configs(presets: Sequence[str] | Mapping[str, PruneVidConfig]) -> dict[str, PruneVidConfig]:
+    if isinstance(presets, Mapping):
+        configs = dict(presets)
+        for name, config in configs.items():
+            if not isinstance(config, PruneVidConfig):
+                raise TypeError(f"preset {name!r}: expected a PruneVidConfig, got {type(config).__name__}")
+    else:
+        if isinstance(presets, str):
+            presets = [presets]
+        configs = {name: PruneVidConfig.preset(name) for name in dict.fromkeys(presets)}
+    if not configs:
+        raise ValueError(f"no presets given: choose from {', '.join(PRESETS)}")
+    return configs
+
+
+def _spread(samples: list[Sample], limit: int | None) -> list[Sample]:
+    """The first ``limit`` samples taken round-robin over groups (all samples if ``limit`` is None)."""
+    if limit is None or limit >= len(samples):
+        return samples
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    groups: dict[str | None, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.group, []).append(sample)
+    order = []
+    for rank in range(max(len(g) for g in groups.values())):
+        order += [g[rank] for g in groups.values() if rank < len(g)]
+    return order[:limit]
+
+
+def _check_run_file(path: Path, settings: dict[str, Any], configs: dict[str, PruneVidConfig]) -> None:
+    """Refuse to resume a run made with other settings or preset configs; record this run's."""
+    preset_dicts = {name: dataclasses.asdict(config) for name, config in configs.items()}
+    stored: dict[str, Any] = {}
+    if path.exists():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        old = stored.get("settings", {})
+        changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+        old_presets = stored.get("presets", {})
+        changed += [
+            f"preset {name!r} config changed"
+            for name, config in preset_dicts.items()
+            if name in old_presets and old_presets[name] != config
+        ]
+        if changed:
+            raise ValueError(
+                f"{path.parent} holds a run with other settings ({'; '.join(changed)}): "
+                "choose another output folder, or delete it to start over"
+            )
+    record = {
+        "settings": settings,
+        "presets": {**stored.get("presets", {}), **preset_dicts},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+class _Runner:
+    """The per-sample loop: decode once, answer under each preset, write each row as soon as it exists."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        configs: dict[str, PruneVidConfig],
+        results: _Results,
+        fps: float | None,
+        num_frames: int | None,
+        max_pixels: int | None,
+        max_new_tokens: int,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.configs = configs
+        self.results = results
+        self.sampling = {"fps": fps, "num_frames": num_frames, "max_pixels": max_pixels}
+        self.max_new_tokens = max_new_tokens
+
+    def pending(self, sample: Sample, retry_errors: bool) -> list[str]:
+        todo = []
+        for name in self.configs:
+            row = self.results.latest.get((sample.id, name))
+            if (
+                row is None
+                or row.get("sample_hash") != _sample_hash(sample)
+                or (retry_errors and row.get("error"))
+            ):
+                todo.append(name)
+        return todo
+
+    def run(
+        self,
+        planned: list[Sample],
+        retry_errors: bool,
+        warmup: bool,
+        progress: bool,
+        max_consecutive_errors: int | None,
+        benchmark: str,
+    ) -> None:
+        work = [(s, self.pending(s, retry_errors)) for s in planned]
+        work = [(s, todo) for s, todo in work if todo]
+        if not work:
+            return
+        if warmup:
+            self._warmup(work[0][0])
+        tally = _Tally(self.configs)
+        redo = {(s.id, name) for s, todo in work for name in todo}
+        for row in _current_rows(self.results, planned, self.configs):
+            if (row["id"], row["preset"]) not in redo:
+                tally.add(row)
+        bar = _Progress(len(work), benchmark, progress)
+        failures = 0
+        try:
+            for number, (sample, todo) in enumerate(work):
+                # Rotate the preset order per sample so no preset always runs first (caches, clocks).
+                shift = number % len(todo)
+                rows = self._answer(sample, todo[shift:] + todo[:shift])
+                for row in rows:
+                    tally.add(row)
+                failures = failures + 1 if all(r["error"] for r in rows) else 0
+                bar.step(sample, rows, tally)
+                if max_consecutive_errors is not None and failures >= max_consecutive_errors:
+                    raise RuntimeError(
+                        f"{failures} samples in a row failed under every preset; "
+                        f"last error: {rows[-1]['error']} (rows so far are saved in {self.results.path})"
+                    )
+        finally:
+            bar.close()
+
+    def _warmup(self, sample: Sample) -> None:
+        try:
+            clip = load_sample_clip(sample, **self.sampling)
+        except Exception:  # the real pass records this sample's error
+            return
+        prompt = format_prompt(sample.question, sample.options)
+        for config in self.configs.values():
+            try:
+                with attach(self.model, config):
+                    ask(self.model, self.processor, clip, prompt, max_new_tokens=2)
+            except Exception:  # likewise recorded by the real pass
+                _release_memory(self.model)
+
+    def _answer(self, sample: Sample, todo: list[str]) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        clip, load_error = None, None
+        try:
+            clip = load_sample_clip(sample, **self.sampling)
+        except Exception as error:  # a bad video is a row; the run goes on
+            load_error = _describe(error)
+        load_seconds = time.perf_counter() - started
+        prompt = format_prompt(sample.question, sample.options)
+        rows = []
+        for name in todo:
+            if clip is None:
+                row = _row(sample, name, error=load_error)
+            else:
+                try:
+                    with attach(self.model, self.configs[name]):
+                        answer = ask(
+                            self.model, self.processor, clip, prompt, max_new_tokens=self.max_new_tokens
+                        )
+                    row = _row(sample, name, answer=answer, video_load_s=load_seconds)
+                except Exception as error:  # e.g. out of memory on one long video: a row too
+                    _release_memory(self.model)
+                    row = _row(sample, name, error=_describe(error), video_load_s=load_seconds)
+            self.results.append(row)
+            rows.append(row)
+        return rows
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _release_memory(model: Any) -> None:
+    if getattr(model, "device", torch.device("cpu")).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _row(
+    sample: Sample,
+    preset: str,
+    *,
+    answer: Any = None,
+    error: str | None = None,
+    video_load_s: float | None = None,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": sample.id,
+        "preset": preset,
+        "group": sample.group,
+        "video": str(sample.video),
+        "prediction": None,
+        "raw_answer": None,
+        "gold": sample.gold,
+        "correct": None,
+        "num_frames": None,
+        "tokens_in": None,
+        "tokens_after_stage1": None,
+        "tokens_after_stage2": None,
+        "retention": None,
+        "kv_cache_bytes": None,
+        "ttft_s": None,
+        "latency_s": None,
+        "video_load_s": video_load_s,
+        "error": error,
+        "sample_hash": _sample_hash(sample),
+    }
+    if answer is not None:
+        prediction = extract_choice(answer.text, sample.options)
+        stats = answer.stats
+        row.update(
+            prediction=prediction,
+            raw_answer=answer.text,
+            correct=None if sample.gold is None else prediction == sample.gold,
+            num_frames=answer.num_frames,
+            ttft_s=answer.timings["ttft"],
+            # With the frames already decoded, `total` is the chat template + processor + generate().
+            latency_s=answer.timings["total"],
+        )
+        if stats is not None:
+            row.update(
+                tokens_in=stats.video_tokens_in,
+                tokens_after_stage1=stats.video_tokens_after_stage1,
+                tokens_after_stage2=stats.video_tokens_after_stage2,
+                retention=stats.retention,
+                kv_cache_bytes=stats.kv_cache_bytes,
+            )
+    return row
+
+
+def _current_rows(
+    results: _Results, planned: list[Sample], configs: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The newest row of each planned (sample, preset) that matches the sample as it is now."""
+    rows = []
+    for sample in planned:
+        for name in configs:
+            row = results.latest.get((sample.id, name))
+            if row is not None and row.get("sample_hash") == _sample_hash(sample):
+                rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------
+# Progress
+
+
+class _Tally:
+    """Running accuracy per preset."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.scored = dict.fromkeys(names, 0)
+        self.correct = dict.fromkeys(names, 0)
+
+    def add(self, row: dict[str, Any]) -> None:
+        if row.get("correct") is not None and not row.get("error"):
+            self.scored[row["preset"]] += 1
+            self.correct[row["preset"]] += bool(row["correct"])
+
+    def text(self) -> str:
+        parts = []
+        for name, scored in self.scored.items():
+            parts.append(f"{name} {self.correct[name] / scored:.1%}" if scored else f"{name} -")
+        return " | ".join(parts)
+
+
+class _Progress:
+    def __init__(self, total: int, description: str, enabled: bool) -> None:
+        self.total = total
+        self.count = 0
+        self.enabled = enabled
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(
+                    total=total, desc=description, unit="sample", file=sys.stderr, dynamic_ncols=True
+                )
+
+    def step(self, sample: Sample, rows: list[dict[str, Any]], tally: _Tally) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(tally.text(), refresh=False)
+            self.bar.update(1)
+            return
+        answers = " ".join(
+            f"{r['preset']}=ERROR" if r["error"] else f"{r['preset']}={r['prediction'] or '?'}" for r in rows
+        )
+        print(
+            f"[{self.count}/{self.total}] {sample.id}: {answers} | acc {tally.text()}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Summary
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def _accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    scored = [r for r in rows if r.get("correct") is not None and not r.get("error")]
+    correct = sum(bool(r["correct"]) for r in scored)
+    return {
+        "rows": len(rows),
+        "scored": len(scored),
+        "correct": correct,
+        "accuracy": correct / len(scored) if scored else None,
+        "errors": sum(bool(r.get("error")) for r in rows),
+    }
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]],
+    presets: Sequence[str],
+    *,
+    settings: dict[str, Any] | None = None,
+    samples: int | None = None,
+    baseline: str = "baseline",
+) -> dict[str, Any]:
+    """Per preset: accuracy (correct / scored, where scored rows have a gold letter and no error), errors,
+    unparsed answers, mean tokens per stage and retention, mean TTFT and latency, and the speedup over
+    ``baseline`` (ratio of its mean to the preset's, over the samples both answered); per group the same
+    accuracy counts."""
+    by_preset = {name: [r for r in rows if r["preset"] == name] for name in presets}
+    answered = {name: {r["id"]: r for r in rs if not r.get("error")} for name, rs in by_preset.items()}
+    summary: dict[str, Any] = {**(settings or {}), "samples": samples, "presets": {}}
+    for name, preset_rows in by_preset.items():
+        ok = list(answered[name].values())
+        entry = _accuracy(preset_rows)
+        entry["unparsed"] = sum(r.get("prediction") is None for r in ok)
+        for key in (
+            "tokens_in",
+            "tokens_after_stage1",
+            "tokens_after_stage2",
+            "retention",
+            "ttft_s",
+            "latency_s",
+        ):
+            entry[f"mean_{key}"] = _mean(r.get(key) for r in ok)
+        for key in ("ttft_s", "latency_s"):
+            entry[f"speedup_{key.removesuffix('_s')}"] = _speedup(answered.get(baseline), answered[name], key)
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in preset_rows:
+            if row.get("group") is not None:
+                groups.setdefault(str(row["group"]), []).append(row)
+        entry["groups"] = {group: _accuracy(group_rows) for group, group_rows in groups.items()}
+        summary["presets"][name] = entry
+    return summary
+
+
+def _speedup(base: dict[str, dict] | None, other: dict[str, dict], key: str) -> float | None:
+    if base is None:
+        return None
+    shared = [i for i in other if i in base and base[i].get(key) and other[i].get(key)]
+    if not shared:
+        return None
+    return sum(base[i][key] for i in shared) / sum(other[i][key] for i in shared)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The summary as markdown tables: one row per preset, then accuracy per group and preset."""
+    presets = summary["presets"]
+    sampling = (
+        f"{summary.get('num_frames')} frames" if summary.get("num_frames") else f"{summary.get('fps')} fps"
+    )
+    header = (
+        "preset",
+        "accuracy %",
+        "scored",
+        "errors",
+        "unparsed",
+        "video tokens in -> stage 1 -> stage 2",
+        "retention %",
+        "TTFT s",
+        "TTFT speedup",
+        "latency s",
+        "latency speedup",
+    )
+    lines = [
+        f"# {summary.get('benchmark', 'evaluation')}: {summary.get('model', '')}",
+        "",
+        f"{summary.get('samples')} samples, {sampling}, at most {summary.get('max_pixels')} pixels a frame, "
+        f"{summary.get('dtype')}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for name, e in presets.items():
+        stages = ("tokens_in", "tokens_after_stage1", "tokens_after_stage2")
+        cells = (
+            name,
+            _percent(e["accuracy"]),
+            str(e["scored"]),
+            str(e["errors"]),
+            str(e["unparsed"]),
+            " -> ".join(_number(e[f"mean_{k}"], 0) for k in stages),
+            _percent(e["mean_retention"]),
+            _number(e["mean_ttft_s"]),
+            _number(e["speedup_ttft"], 2),
+            _number(e["mean_latency_s"]),
+            _number(e["speedup_latency"], 2),
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    groups = list(dict.fromkeys(g for e in presets.values() for g in e["groups"]))
+    if groups:
+        lines += ["", "Accuracy % by group:", "", "| group | " + " | ".join(presets) + " |"]
+        lines.append("|---|" + "---|" * len(presets))
+        for group in groups:
+            cells = [_percent(e["groups"].get(group, {}).get("accuracy")) for e in presets.values()]
+            lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_submissions(
+    out: Path, rows: list[dict[str, Any]], planned: list[Sample], presets: list[str]
+) -> None:
+    """EgoSchema server format ``{q_uid: option index}``; -1 for an answer naming no option (lmms-eval's
+    convention); samples whose row is an error are left out (and counted in the summary's errors)."""
+    for name in presets:
+        latest = {r["id"]: r for r in rows if r["preset"] == name and not r.get("error")}
+        answers = {
+            s.id: (LETTERS.index(latest[s.id]["prediction"]) if latest[s.id]["prediction"] else -1)
+            for s in planned
+            if s.id in latest
+        }
+        (out / f"submission_{name}.json").write_text(json.dumps(answers, indent=1) + "\n", encoding="utf-8")
