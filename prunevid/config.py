@@ -28,6 +28,10 @@ class PruneVidConfig:
 
     ``pruning_layer=None`` means "the depth fraction of layer 10 of 28", resolved for the attached model
     by :meth:`resolve_pruning_layer`.
+
+    ``fast_vision`` runs the vision tower's SDPA window attention with one call per distinct window length
+    instead of one per window (:mod:`prunevid.fast_vision`): faster, and bit-identical, so it never changes
+    outputs and is independent of the pruning stages.
     """
 
     enable_stage1: bool = False
@@ -41,9 +45,10 @@ class PruneVidConfig:
     keep_ratio: float = 0.4
     pruning_layer: int | None = None
     attention_aggregation: str = "max"
+    fast_vision: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("enable_stage1", "enable_stage2", "enable_cache_compression"):
+        for name in ("enable_stage1", "enable_stage2", "enable_cache_compression", "fast_vision"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "True or False")
         tau = self.tau
         _check(
@@ -85,7 +90,7 @@ class PruneVidConfig:
 
     @property
     def enabled(self) -> bool:
-        """Whether any stage changes the model's computation."""
+        """Whether a pruning stage changes the LLM's computation (``fast_vision`` never does)."""
         return self.enable_stage1 or self.enable_stage2
 
     def replace(self, **changes: object) -> PruneVidConfig:
@@ -128,13 +133,14 @@ def _check(name: str, value: object, ok: bool, allowed: str) -> None:
         raise ValueError(f"{name}={value!r} is invalid: allowed is {allowed}")
 
 
-_ALL_STAGES = dict(enable_stage1=True, enable_stage2=True, enable_cache_compression=True)
+_ALL_STAGES = dict(enable_stage1=True, enable_stage2=True, enable_cache_compression=True, fast_vision=True)
 
 PRESETS: dict[str, PruneVidConfig] = {
-    "baseline": PruneVidConfig(),
+    "baseline": PruneVidConfig(),  # the stock model, vision tower included
+    "fast": PruneVidConfig(fast_vision=True),  # no pruning: the stock outputs, sooner
     "paper": PruneVidConfig(**_ALL_STAGES),
-    "stage1_only": PruneVidConfig(enable_stage1=True),
-    "stage2_only": PruneVidConfig(enable_stage2=True, enable_cache_compression=True),
+    "stage1_only": PruneVidConfig(enable_stage1=True, fast_vision=True),
+    "stage2_only": PruneVidConfig(enable_stage2=True, enable_cache_compression=True, fast_vision=True),
     "conservative": PruneVidConfig(**_ALL_STAGES, tau=0.85, cluster_ratio=0.6, keep_ratio=0.5),
     "aggressive": PruneVidConfig(**_ALL_STAGES, tau=0.7, cluster_ratio=0.3, keep_ratio=0.3),
 }

@@ -11,18 +11,27 @@ their results to a stock ``Qwen2_5_VLForConditionalGeneration``:
 - hooks on decoder layer ``M`` take its pre-rotary queries and keys, score and select (Stage 2),
   gather the hidden states and cut the caches of layers ``0..M`` (Stage 3); pre-hooks on layers
   ``> M`` give them the gathered positions and masks;
-- a hook after the language model records :class:`~prunevid.stats.PruneStats`.
+- a hook after the language model records :class:`~prunevid.stats.PruneStats`;
+- with ``fast_vision`` and SDPA vision attention, each vision block's ``attn`` gets an instance-level
+  ``forward`` that batches equal-length windows (:mod:`prunevid.fast_vision`) instead of the stock
+  per-window loop; its class, other models and transformers' attention registry are untouched.
 
-A disabled stage registers no hook, so its code never runs; ``detach`` removes every hook.
+A disabled stage registers no hook, so its code never runs; ``detach`` removes every hook and every
+instance ``forward`` it set.
 
 Version facts this module relies on (verified on transformers 4.57, 5.17 and 5.24, see the integration
 spec): the cache is passed as ``past_key_values`` (4.x, 5.17) or ``cache`` (5.24); decoder layers return a
 tensor (5.x) or a tuple (4.57); rotary ``(cos, sin)`` have the sequence on dim -2 in all versions;
-4.57 passes a logical ``cache_position``; generate keeps the unpruned positions for decoding.
+4.57 passes a logical ``cache_position``; generate keeps the unpruned positions for decoding. The vision
+blocks call ``attn(hidden_states, cu_seqlens=..., position_embeddings=..., **kwargs)`` by keyword in all
+three (plus ``rotary_pos_emb=None`` on 4.57, ``max_seqlen`` on 5.x, both unused by SDPA), and pass one
+``cu_seqlens`` tensor object to every windowed block and another to every full-attention block.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +41,10 @@ import transformers
 from torch import Tensor, nn
 from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
 
 from prunevid.config import PruneVidConfig
+from prunevid.fast_vision import WindowPlan, plan_windows, window_attention
 from prunevid.stage1_merge import merge_video
 from prunevid.stage2_select import budget_groups, question_attention_scores, select_tokens
 from prunevid.stage3_cache import compress_kv
@@ -43,6 +54,11 @@ SUPPORTED_MODELS: tuple[type[nn.Module], ...] = (Qwen2_5_VLForConditionalGenerat
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 _CACHE_KWARGS = ("cache", "past_key_values")
+# fast_vision batches windows of at most this many rows: every window of the windowed blocks (8x8 patches).
+# The full-attention blocks' frame pairs keep one SDPA call each, as stock: batching them changes flash
+# attention's split-KV choice for short frame pairs (measured on an H200: max |diff| 0.3 at 336x336), while
+# 64 rows fit one key block of every flash kernel. Costs about 1 ms per tower call. None batches all.
+FAST_VISION_MAX_BATCHED_LENGTH: int | None = 64
 # The pruner attached to each model, so a model never carries two sets of hooks.
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -130,6 +146,7 @@ class Pruner:
                 for upper in self._layers[self.pruning_layer + 1 :]
             ]
         self._hooks = hooks
+        self._fast_vision = _FastVision(model.model.visual) if config.fast_vision else None
         _ATTACHED[model] = weakref.ref(self)  # a strong value would keep its key alive forever
 
     # ----------------------------------------------------------------- public API
@@ -138,6 +155,9 @@ class Pruner:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        if self._fast_vision is not None:
+            self._fast_vision.remove()
+            self._fast_vision = None
         self._state = None
         if pruner_of(self.model) is self:
             del _ATTACHED[self.model]
@@ -146,6 +166,11 @@ class Pruner:
     def attached(self) -> bool:
         """Whether the hooks are still in place."""
         return bool(self._hooks)
+
+    @property
+    def fast_vision_active(self) -> bool:
+        """Whether the vision attention runs the batched window path (``fast_vision`` on, SDPA vision)."""
+        return self._fast_vision is not None and bool(self._fast_vision.modules)
 
     def __enter__(self) -> Pruner:
         return self
@@ -609,6 +634,101 @@ def pruner_of(model: nn.Module) -> Pruner | None:
     """The pruner attached to ``model``, or None."""
     ref = _ATTACHED.get(model)
     return None if ref is None else ref()
+
+
+class _FastVision:
+    """The batched window attention installed on one vision tower's blocks (lossless, see fast_vision).
+
+    Each ``visual.blocks[i].attn`` gets an instance ``forward``: a ``functools.partial`` bound to that
+    module, so only this model changes and a ``copy.deepcopy`` of the model binds its own copies.
+    Installed only when the vision attention is SDPA: flash-attention-2 already makes one varlen call and
+    eager is the reference implementation. :meth:`remove` deletes exactly the attributes it set.
+    """
+
+    def __init__(self, visual: nn.Module) -> None:
+        self.modules: list[nn.Module] = []
+        self._forwards: list[functools.partial] = []
+        self._plans = _PlanCache()
+        if visual.config._attn_implementation != "sdpa":
+            return
+        for block in visual.blocks:
+            attn = block.attn
+            if "forward" in vars(attn):
+                # Someone else (e.g. accelerate's offloading hooks) already wraps this forward: replacing it
+                # would bypass them, so this block keeps its stock attention.
+                warnings.warn(
+                    f"fast_vision left {type(attn).__name__} stock: its forward is already replaced",
+                    stacklevel=3,
+                )
+                continue
+            forward = functools.partial(_fast_vision_attention, attn, self._plans)
+            attn.forward = forward
+            self.modules.append(attn)
+            self._forwards.append(forward)
+
+    def remove(self) -> None:
+        for attn, forward in zip(self.modules, self._forwards, strict=True):
+            if vars(attn).get("forward") is forward:
+                del attn.forward
+        self.modules, self._forwards = [], []
+        self._plans.clear()
+
+
+class _PlanCache:
+    """Window plans of the last two ``cu_seqlens`` tensors: the vision tower passes one tensor object to
+    every windowed block and another to every full-attention block, so planning (one host sync) runs
+    twice per tower forward instead of once per block. Holding the tensors keeps their identity unique."""
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[Tensor, int | None, WindowPlan]] = []
+
+    def get(self, cu_seqlens: Tensor) -> WindowPlan:
+        version = None if cu_seqlens.is_inference() else cu_seqlens._version  # inference tensors have none
+        for tensor, seen_version, plan in self._entries:
+            if tensor is cu_seqlens and seen_version == version:
+                return plan
+        plan = plan_windows(cu_seqlens)
+        self._entries = [(cu_seqlens, version, plan), *self._entries][:2]
+        return plan
+
+    def clear(self) -> None:
+        self._entries = []
+
+
+def _fast_vision_attention(
+    attn: nn.Module,
+    plans: _PlanCache,
+    hidden_states: Tensor,
+    cu_seqlens: Tensor,
+    *args: Any,
+    position_embeddings: tuple[Tensor, Tensor] | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """``Qwen2_5_VLVisionAttention.forward`` with the per-window SDPA loop batched by window length.
+
+    ``hidden_states`` ``[N, D]``, ``cu_seqlens`` ``[W + 1]`` int32, ``position_embeddings`` rotary
+    ``(cos, sin)`` each ``[N, head_dim]``; returns ``[N, D]``, bit-identical to the stock forward. Uses the
+    module's own ``qkv``/``proj`` (their hooks and adapters still run) and transformers' own vision rotary.
+    """
+    if args or position_embeddings is None or attn.config._attn_implementation != "sdpa":
+        # Not the blocks' keyword call, or the implementation was switched after attach: stock, as is.
+        return type(attn).forward(
+            attn, hidden_states, cu_seqlens, *args, position_embeddings=position_embeddings, **kwargs
+        )
+    length = hidden_states.shape[0]
+    qkv = attn.qkv(hidden_states).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3)
+    query, key, value = qkv.unbind(0)  # [N, H, d] each
+    cos, sin = position_embeddings
+    query, key = modeling_qwen2_5_vl.apply_rotary_pos_emb_vision(query, key, cos, sin)
+    output = window_attention(
+        *(x.transpose(0, 1).unsqueeze(0) for x in (query, key, value)),  # [1, H, N, d], as stock
+        cu_seqlens,
+        attn.scaling,
+        plan=plans.get(cu_seqlens),
+        dropout_p=attn.attention_dropout if attn.training else 0.0,
+        max_batched_length=FAST_VISION_MAX_BATCHED_LENGTH,
+    )
+    return attn.proj(output.reshape(length, -1).contiguous())
 
 
 def _check_model_supports_pruning(model: nn.Module) -> None:

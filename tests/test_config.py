@@ -8,13 +8,14 @@ from prunevid.config import PRESETS, PruneVidConfig
 
 # The table of prunevid-algorithm.md ("-" entries keep the defaults, which no disabled stage reads).
 SPEC_TABLE = {
-    #              stage1 stage2 cache  tau   gamma cluster keep
-    "baseline": (False, False, False, 0.8, 0.25, 0.5, 0.4),
-    "paper": (True, True, True, 0.8, 0.25, 0.5, 0.4),
-    "stage1_only": (True, False, False, 0.8, 0.25, 0.5, 0.4),
-    "stage2_only": (False, True, True, 0.8, 0.25, 0.5, 0.4),
-    "conservative": (True, True, True, 0.85, 0.25, 0.6, 0.5),
-    "aggressive": (True, True, True, 0.7, 0.25, 0.3, 0.3),
+    #              stage1 stage2 cache  tau   gamma cluster keep fast_vision
+    "baseline": (False, False, False, 0.8, 0.25, 0.5, 0.4, False),
+    "fast": (False, False, False, 0.8, 0.25, 0.5, 0.4, True),
+    "paper": (True, True, True, 0.8, 0.25, 0.5, 0.4, True),
+    "stage1_only": (True, False, False, 0.8, 0.25, 0.5, 0.4, True),
+    "stage2_only": (False, True, True, 0.8, 0.25, 0.5, 0.4, True),
+    "conservative": (True, True, True, 0.85, 0.25, 0.6, 0.5, True),
+    "aggressive": (True, True, True, 0.7, 0.25, 0.3, 0.3, True),
 }
 
 
@@ -29,6 +30,7 @@ def test_presets_match_the_spec(name: str) -> None:
         config.temporal_segment_ratio,
         config.cluster_ratio,
         config.keep_ratio,
+        config.fast_vision,
     )
     assert fields == SPEC_TABLE[name]
     assert config.dpc_knn_k == 7 and config.min_tokens_to_cluster == 14
@@ -38,6 +40,8 @@ def test_presets_match_the_spec(name: str) -> None:
 def test_every_preset_is_in_the_table() -> None:
     assert set(PRESETS) == set(SPEC_TABLE)
     assert not PruneVidConfig.preset("baseline").enabled
+    # fast_vision never changes outputs, so it does not make a config "enabled" (pruning)
+    assert not PruneVidConfig.preset("fast").enabled
 
 
 def test_unknown_preset() -> None:
@@ -61,6 +65,7 @@ def test_unknown_preset() -> None:
         ("pruning_layer", -1, "None or an integer >= 0"),
         ("attention_aggregation", "sum", "max"),
         ("enable_stage1", 1, "True or False"),
+        ("fast_vision", "yes", "True or False"),
     ],
 )
 def test_invalid_values_name_field_value_and_range(field: str, value: object, allowed: str) -> None:
