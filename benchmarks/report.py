@@ -337,10 +337,10 @@ def markdown(
         except ValueError:
             link = png
         out += [f"![TTFT vs frames]({link.as_posix()})", ""]
-    for (_, result), checks in zip(results, all_targets, strict=True):
+    for (path, result), checks in zip(results, all_targets, strict=True):
         env, model, settings = result["environment"], result["model"], result["settings"]
         out += [
-            f"## {title(result)}",
+            f"## {title(result)} (`{path.name}`)",
             "",
             f"- model: {model['source']}; {model['parameters'] / 1e9:.2f} B parameters, {model['dtype']}, "
             f"{model['attn_implementation']} attention; Stage 2 at layer {model['default_pruning_layer']}",
