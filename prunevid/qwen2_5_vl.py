@@ -45,6 +45,7 @@ from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
 
 from prunevid.config import PruneVidConfig
 from prunevid.fast_vision import WindowPlan, plan_windows, window_attention
+from prunevid.reference_methods import ReferenceConfig, reduce_video
 from prunevid.stage1_merge import merge_video
 from prunevid.stage2_select import budget_groups, question_attention_scores, select_tokens
 from prunevid.stage3_cache import compress_kv
@@ -360,7 +361,9 @@ class Pruner:
                 pieces_pos.append(position_ids[:, b, cursor : video.start])
                 pieces_origin.append(text)
                 span = slice(video.start, video.end)
-                result = merge_video(embeds[b, span], video.grid, position_ids[-3:, b, span], self.config)
+                # Reference methods (for comparisons) reduce a video their own way, applied the same way.
+                reduce = reduce_video if isinstance(self.config, ReferenceConfig) else merge_video
+                result = reduce(embeds[b, span], video.grid, position_ids[-3:, b, span], self.config)
                 representative = result.representative.to(embeds.device)
                 merged_pos = result.positions.to(position_ids)
                 if rows == 4:  # row 0 holds plain text positions; rebuilt below
@@ -492,6 +495,7 @@ class Pruner:
         first_row = min(state.stage2_rows)
         query, key = state.query, state.key
         keep_lists, removed = [], False
+        fastv = isinstance(self.config, ReferenceConfig)  # the in-LLM reference method: one budget a video
         for b, sample in enumerate(state.videos):
             valid = state.valid[b].to(key.device)
             stats = state.stats.samples[b]
@@ -501,6 +505,8 @@ class Pruner:
                 continue
             row_start = state.stage2_rows[b]
             q = query[b, row_start - first_row :].view(-1, attention.config.num_attention_heads, head_dim)
+            if fastv:
+                q = q[-1:]  # FastV ranks by the last prompt token's attention only
             k = key[b, slots].view(len(slots), -1, head_dim)
             scores = torch.full((valid.shape[0],), float("-inf"), device=key.device)
             scores[slots] = question_attention_scores(
@@ -510,8 +516,9 @@ class Pruner:
             video_slots, groups, offset = [], [], 0
             for video in sample:
                 video_slots.append(torch.arange(video.slot_start, video.slot_end, device=key.device))
-                groups.append(video.groups.to(key.device) + offset)
-                offset += int(video.groups.max()) + 1
+                group = torch.zeros_like(video.groups) if fastv else video.groups
+                groups.append(group.to(key.device) + offset)
+                offset += int(group.max()) + 1
                 is_video[video.slot_start : video.slot_end] = True
             video_slots = torch.cat(video_slots)
             kept_video = video_slots[
