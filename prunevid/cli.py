@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -15,6 +16,7 @@ import transformers
 from prunevid.config import PRESETS, PruneVidConfig
 from prunevid.pipeline import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, Answer, ask, load
 from prunevid.qwen2_5_vl import attach, pruner_of
+from prunevid.reference_methods import METHODS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,7 +79,14 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--presets",
         default="baseline,paper",
-        help=f"comma-separated, from {', '.join(PRESETS)} (default baseline,paper)",
+        help=f"comma-separated presets ({', '.join(PRESETS)}) and reference methods to compare with "
+        f"({', '.join(METHODS)}); default baseline,paper",
+    )
+    command.add_argument(
+        "--retention",
+        default="auto",
+        help="video-token retention of the reference methods: a fraction, or auto (default): the mean "
+        "retention paper reached on the same samples",
     )
     command.add_argument("--limit", type=int, help="only N samples, spread over the tasks / duration buckets")
     sampling = command.add_mutually_exclusive_group()
@@ -97,10 +106,17 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from prunevid.benchmarks_data import read_benchmark
     from prunevid.evaluation import PREDICTIONS, evaluate, summary_markdown
+    from prunevid.reference_methods import reference_config
 
-    presets = [name.strip() for name in args.presets.split(",") if name.strip()]
-    for name in presets:
-        PruneVidConfig.preset(name)  # an unknown name fails before the model loads
+    names = [name.strip() for name in args.presets.split(",") if name.strip()]
+    methods = [name for name in names if name in METHODS]
+    # Unknown names and a bad --retention fail before the model loads.
+    configs = {name: PruneVidConfig.preset(name) for name in names if name not in METHODS}
+    if methods and args.retention == "auto" and "paper" not in configs:
+        raise ValueError(
+            "--retention auto matches paper's retention: add paper to --presets or give a number"
+        )
+    retention = None if args.retention == "auto" else float(args.retention)
     try:
         samples = read_benchmark(args.benchmark, args.data)  # bad data fails before the model loads
     except ImportError as error:
@@ -110,12 +126,12 @@ def _run_eval(args: argparse.Namespace) -> int:
     kwargs = {"device_map": "auto"} if torch.cuda.is_available() else {}
     model, processor, pruner = load(args.model, PruneVidConfig.preset("baseline"), **kwargs)
     pruner.detach()  # evaluate() attaches each preset in turn
-    summary = evaluate(
+    run = functools.partial(
+        evaluate,
         model,
         processor,
         samples,
         out,
-        presets,
         benchmark=args.benchmark,
         fps=args.fps,
         num_frames=args.frames,
@@ -124,6 +140,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         retry_errors=not args.no_retry_errors,
     )
+    summary = run(configs) if configs else None
+    if methods:
+        if retention is None:
+            retention = summary["presets"]["paper"]["mean_retention"]
+        configs.update({name: reference_config(name, retention) for name in methods})
+        summary = run(configs)  # resumes: only the reference methods' rows are new
     print(summary_markdown(summary))
     print(f"rows: {out / PREDICTIONS}; summary: {out / 'summary.json'}, {out / 'summary.md'}")
     return 0

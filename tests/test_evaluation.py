@@ -576,3 +576,22 @@ def test_cli_eval(
     assert "unknown preset 'nonsense'" in capsys.readouterr().err
     assert main(["eval", "videomme", "--data", str(tmp_path / "nowhere")]) == 2
     assert "Video-MME data folder not found" in capsys.readouterr().err
+
+
+def test_cli_eval_compares_reference_methods_at_paper_retention(
+    tmp_path: Path, clips: list[Path], tiny_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = egoschema_official(tmp_path / "data", clips)
+    out = tmp_path / "out"
+    argv = ["eval", "egoschema", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(out)]
+    presets = "paper,random,uniform_frames,evs,fastv"
+    assert main([*argv, "--presets", presets, "--frames", "8", "--max-new-tokens", "1"]) == 0
+    rows = read_rows(out / "predictions.jsonl")
+    assert sorted({r["preset"] for r in rows}) == sorted(presets.split(","))
+    paper = [r["retention"] for r in rows if r["preset"] == "paper"]
+    stored = json.loads((out / "run.json").read_text())["presets"]
+    assert stored["random"]["retention"] == pytest.approx(sum(paper) / len(paper))
+    assert stored["fastv"]["method"] == "fastv" and stored["paper"]["enable_stage1"]
+    capsys.readouterr()
+    assert main([*argv, "--presets", "baseline,random"]) == 2
+    assert "add paper to --presets" in capsys.readouterr().err
