@@ -114,3 +114,17 @@ def prompts(tiny_processor: Any) -> dict[str, Any]:
         ),
         "system": build_inputs(tiny_processor, second, "Colour?", system_prompt=LONG_SYSTEM_PROMPT),
     }
+
+
+@pytest.fixture
+def stock_models(models: dict[str, Any]) -> Any:
+    """The shared tiny models, checked stock before the test and made stock again after it."""
+    from prunevid.qwen2_5_vl import pruner_of
+
+    for model in models.values():
+        assert pruner_of(model) is None, "a previous test left a pruner attached"
+    yield models
+    for model in models.values():
+        pruner = pruner_of(model)
+        if pruner is not None:
+            pruner.detach()

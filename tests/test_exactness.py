@@ -11,6 +11,9 @@ import prunevid.qwen2_5_vl as adapter
 from prunevid import PruneVidConfig, attach
 from prunevid.qwen2_5_vl import pruner_of
 
+# Every test here starts and ends with the shared tiny models stock (see conftest.stock_models).
+pytestmark = pytest.mark.usefixtures("stock_models")
+
 GENERATE = dict(max_new_tokens=5, do_sample=False, return_dict_in_generate=True, output_logits=True)
 
 
@@ -28,18 +31,6 @@ def assert_identical(result: tuple[torch.Tensor, Any], stock: tuple[torch.Tensor
     assert len(result[1].logits) == len(stock[1].logits)
     for step, (ours, theirs) in enumerate(zip(result[1].logits, stock[1].logits, strict=True)):
         assert torch.equal(ours, theirs), f"generate step {step} differs"
-
-
-@pytest.fixture(autouse=True)
-def nothing_attached(models: dict[str, Any]) -> None:
-    """Every test starts and ends with stock models."""
-    for model in models.values():
-        assert pruner_of(model) is None
-    yield
-    for model in models.values():
-        pruner = pruner_of(model)
-        if pruner is not None:
-            pruner.detach()
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])

@@ -4,7 +4,6 @@ the model (vision features, logits, greedy tokens), and detaching restores the s
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,9 @@ import prunevid.qwen2_5_vl as adapter
 from prunevid import PruneVidConfig, attach
 from prunevid.fast_vision import plan_windows, window_attention
 from prunevid.prompt import build_inputs
-from prunevid.qwen2_5_vl import pruner_of
+
+# Every test here starts and ends with the shared tiny models stock (see conftest.stock_models).
+pytestmark = pytest.mark.usefixtures("stock_models")
 
 GENERATE = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True)
 
@@ -144,17 +145,6 @@ def test_window_attention_refuses_a_mismatched_layout() -> None:
 
 # Frame sides in pixels; the window is 112 px (4x4 merged tokens), so these give 2 and 3 window lengths.
 FRAME_SIZES = {"224x168": (224, 168), "280x280": (280, 280)}
-
-
-@pytest.fixture(autouse=True)
-def nothing_attached(models: dict[str, Any]) -> Iterator[None]:
-    for model in models.values():
-        assert pruner_of(model) is None
-    yield
-    for model in models.values():
-        pruner = pruner_of(model)
-        if pruner is not None:
-            pruner.detach()
 
 
 @pytest.fixture(scope="module", params=sorted(FRAME_SIZES))

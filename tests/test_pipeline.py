@@ -16,6 +16,9 @@ from prunevid.cli import main
 from prunevid.qwen2_5_vl import pruner_of
 from prunevid.synthetic import make_clip, write_video
 
+# Every test here starts and ends with the shared tiny models stock (see conftest.stock_models).
+pytestmark = pytest.mark.usefixtures("stock_models")
+
 
 @pytest.fixture(scope="module")
 def video_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -28,15 +31,6 @@ def loaded(tiny_checkpoint: Path) -> Any:
     model, processor, pruner = load(tiny_checkpoint, dtype=torch.float32)
     yield model, processor, pruner
     pruner.detach()
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_attached(models: dict[str, Any]) -> None:
-    yield
-    for model in models.values():
-        pruner = pruner_of(model)
-        if pruner is not None:
-            pruner.detach()
 
 
 def test_load_attaches_the_paper_preset(loaded: Any) -> None:

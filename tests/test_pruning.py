@@ -17,19 +17,12 @@ from transformers.cache_utils import DynamicCache
 
 import prunevid.qwen2_5_vl as adapter
 from prunevid import PruneVidConfig, attach
-from prunevid.qwen2_5_vl import pruner_of
+
+# Every test here starts and ends with the shared tiny models stock (see conftest.stock_models).
+pytestmark = pytest.mark.usefixtures("stock_models")
 
 NEW_TOKENS = 5
 VIDEO_TOKEN = None  # set from the model config in the fixtures below
-
-
-@pytest.fixture(autouse=True)
-def nothing_attached(models: dict[str, Any]) -> None:
-    yield
-    for model in models.values():
-        pruner = pruner_of(model)
-        if pruner is not None:
-            pruner.detach()
 
 
 def generate(model: Any, inputs: Any, **kwargs: Any) -> Any:

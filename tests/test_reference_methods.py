@@ -9,8 +9,10 @@ import torch
 
 import prunevid.qwen2_5_vl as adapter
 from prunevid import attach
-from prunevid.qwen2_5_vl import pruner_of
 from prunevid.reference_methods import PRE_LLM_METHODS, ReferenceConfig, reduce_video, reference_config
+
+# Every test here starts and ends with the shared tiny models stock (see conftest.stock_models).
+pytestmark = pytest.mark.usefixtures("stock_models")
 
 GRID = (4, 3, 5)  # T', h', w': 60 tokens, 15 a frame
 
@@ -74,15 +76,6 @@ def test_reference_config_is_validated() -> None:
         ReferenceConfig(method="fastv", enable_stage1=True)
     fastv = reference_config("fastv", 0.3)
     assert (fastv.pruning_layer, fastv.keep_ratio, fastv.attention_aggregation) == (2, 0.3, "mean")
-
-
-@pytest.fixture(autouse=True)
-def nothing_attached(models: dict[str, Any]) -> None:
-    yield
-    for model in models.values():
-        pruner = pruner_of(model)
-        if pruner is not None:
-            pruner.detach()
 
 
 @pytest.mark.parametrize("method", [*PRE_LLM_METHODS, "fastv"])

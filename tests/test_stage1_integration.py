@@ -9,19 +9,12 @@ import torch
 import transformers
 
 from prunevid import PruneVidConfig, attach
-from prunevid.qwen2_5_vl import pruner_of
 from prunevid.synthetic import make_clip
 
+# Every test here starts and ends with the shared tiny models stock (see conftest.stock_models).
+pytestmark = pytest.mark.usefixtures("stock_models")
+
 MERGE_NOTHING = PruneVidConfig.preset("stage1_only").replace(tau=1.5, cluster_ratio=1.0)
-
-
-@pytest.fixture(autouse=True)
-def nothing_attached(models: dict[str, Any]) -> None:
-    yield
-    for model in models.values():
-        pruner = pruner_of(model)
-        if pruner is not None:
-            pruner.detach()
 
 
 def llm_inputs(model: Any, inputs: Any, config: PruneVidConfig | None) -> tuple[dict, Any]:
