@@ -15,6 +15,9 @@ Layouts (``DIR`` is the folder given to the reader; field names as published, se
   revision (what lmms-eval reads), or the original source folders, whose clips are cut to the JSON's
   ``start``/``end``.
 - Video-MME, ``lmms-lab/Video-MME``: ``DIR/videomme/test-*.parquet``, videos ``DIR/data/<videoID>.mp4``.
+- synthetic (generated here, :func:`prunevid.synthetic_qa.write_eval_set`): ``DIR/synthetic.json``
+  (``{"samples": [{"id", "video", "question", "options", "answer", "type"}]}``), videos at the paths it
+  names, relative to ``DIR``.
 
 Every table may also be a JSON Lines (``.jsonl``) or JSON (``.json``) export of the same rows (what
 ``datasets.Dataset.to_json`` writes), which needs no pyarrow.
@@ -40,13 +43,14 @@ __all__ = [
     "read_benchmark",
     "read_egoschema",
     "read_mvbench",
+    "read_synthetic",
     "read_table",
     "read_videomme",
     "strip_option_letters",
 ]
 
 LETTERS = string.ascii_uppercase
-BENCHMARKS = ("egoschema", "egoschema-full", "mvbench", "videomme")
+BENCHMARKS = ("egoschema", "egoschema-full", "mvbench", "videomme", "synthetic")
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
 VIDEO_SUFFIXES = (".mp4", ".MP4", ".mkv", ".webm", ".avi", ".mov")
 
@@ -466,6 +470,49 @@ def read_videomme(data_dir: str | os.PathLike) -> list[Sample]:
     return _check_unique(samples, str(files[0].parent))
 
 
+# ------------------------------------------------------------------------------------------------------
+# Synthetic
+
+
+def read_synthetic(data_dir: str | os.PathLike) -> list[Sample]:
+    """The generated held-out set (:func:`prunevid.synthetic_qa.write_eval_set`), grouped by question type.
+
+    Fields per item of ``DIR/synthetic.json``'s ``samples``: ``id``, ``video`` (path relative to ``DIR``),
+    ``question``, ``options`` (four texts), ``answer`` (a letter), ``type`` (colour, shape, direction,
+    count, order or end).
+    """
+    root = _check_dir(data_dir, "synthetic")
+    index = root / "synthetic.json"
+    if not index.is_file():
+        raise FileNotFoundError(
+            f"no {str(index)!r}: write the set with prunevid.synthetic_qa.write_eval_set(folder)"
+        )
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{index} is not valid JSON ({error})") from error
+    items = data.get("samples") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise ValueError(f"{index}: expected an object with a list 'samples'")
+    samples = []
+    for number, item in enumerate(items):
+        where = f"{index}: sample {number}"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} is a {type(item).__name__}, expected an object")
+        options = _options(_field(item, ("options",), where), where)
+        samples.append(
+            Sample(
+                id=str(_field(item, ("id",), where)),
+                video=root / str(_field(item, ("video",), where)),
+                question=str(_field(item, ("question",), where)),
+                options=options,
+                gold=gold_letter(_field(item, ("answer",), where), options, where),
+                group=str(_field(item, ("type",), where)),
+            )
+        )
+    return _check_unique(samples, str(index))
+
+
 def read_benchmark(name: str, data_dir: str | os.PathLike) -> list[Sample]:
     """Samples of benchmark ``name`` (one of :data:`BENCHMARKS`) from ``data_dir``."""
     if name == "egoschema":
@@ -476,4 +523,6 @@ def read_benchmark(name: str, data_dir: str | os.PathLike) -> list[Sample]:
         return read_mvbench(data_dir)
     if name == "videomme":
         return read_videomme(data_dir)
+    if name == "synthetic":
+        return read_synthetic(data_dir)
     raise ValueError(f"unknown benchmark {name!r}: choose one of {', '.join(BENCHMARKS)}")

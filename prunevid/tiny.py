@@ -35,9 +35,13 @@ from tokenizers import (
 __all__ = [
     "SPECIAL_TOKENS",
     "CHAT_TEMPLATE",
+    "TEXT_SIZES",
+    "VISION_SIZES",
     "build_tiny_checkpoint",
     "default_checkpoint_dir",
     "ensure_tiny_checkpoint",
+    "parameter_shapes",
+    "write_model_files",
 ]
 
 # Bump when the files written change, so cached checkpoints of an older layout are not reused.
@@ -130,14 +134,14 @@ The video begins with a close view of a hand, then the view zooms out to show th
 # Sizes
 # ----------------------------------------------------------------------------------------------
 
-_TEXT = {
+TEXT_SIZES = {
     "hidden_size": 64,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "intermediate_size": 128,
     "mrope_section": [2, 3, 3],  # sums to head_dim / 2 = 8
 }
-_VISION = {
+VISION_SIZES = {
     "depth": 2,
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -163,8 +167,8 @@ _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 # ----------------------------------------------------------------------------------------------
 
 
-def _train_tokenizer(vocab_size: int = _VOCAB_SIZE - len(SPECIAL_TOKENS)) -> dict:
-    """Train the byte-level BPE on ``_CORPUS``; returns the parsed ``tokenizer.json`` content."""
+def _train_tokenizer(vocab_size: int = _VOCAB_SIZE - len(SPECIAL_TOKENS), corpus: str = _CORPUS) -> dict:
+    """Train the byte-level BPE on ``corpus``; returns the parsed ``tokenizer.json`` content."""
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -182,7 +186,7 @@ def _train_tokenizer(vocab_size: int = _VOCAB_SIZE - len(SPECIAL_TOKENS)) -> dic
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
-    tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    tok.train_from_iterator(corpus.splitlines(), trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     return json.loads(tok.to_str())
 
@@ -286,15 +290,23 @@ def _tokenizer_files(tokenizer_json: dict) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _config(token_ids: dict[str, int], vocab_size: int, num_hidden_layers: int) -> dict:
-    """A hub-style (transformers 4.x era) ``config.json`` for the tiny model."""
-    vision = dict(_VISION)
+def _config(
+    token_ids: dict[str, int],
+    vocab_size: int,
+    num_hidden_layers: int,
+    text: dict = TEXT_SIZES,
+    vision_sizes: dict = VISION_SIZES,
+    rope_theta: float = 1000000.0,
+    torch_dtype: str = "float32",
+) -> dict:
+    """A hub-style (transformers 4.x era) ``config.json`` for the given sizes."""
+    vision = dict(vision_sizes)
     vision.update(
         {
             "hidden_act": "silu",
             "in_chans": 3,
-            "out_hidden_size": _TEXT["hidden_size"],
-            "spatial_patch_size": _VISION["patch_size"],
+            "out_hidden_size": text["hidden_size"],
+            "spatial_patch_size": vision_sizes["patch_size"],
         }
     )
     return {
@@ -308,21 +320,21 @@ def _config(token_ids: dict[str, int], vocab_size: int, num_hidden_layers: int) 
         "image_token_id": token_ids["<|image_pad|>"],
         "video_token_id": token_ids["<|video_pad|>"],
         "hidden_act": "silu",
-        "hidden_size": _TEXT["hidden_size"],
+        "hidden_size": text["hidden_size"],
         "initializer_range": 0.02,
-        "intermediate_size": _TEXT["intermediate_size"],
+        "intermediate_size": text["intermediate_size"],
         "max_position_embeddings": 32768,
         "max_window_layers": num_hidden_layers,
         "model_type": "qwen2_5_vl",
-        "num_attention_heads": _TEXT["num_attention_heads"],
+        "num_attention_heads": text["num_attention_heads"],
         "num_hidden_layers": num_hidden_layers,
-        "num_key_value_heads": _TEXT["num_key_value_heads"],
+        "num_key_value_heads": text["num_key_value_heads"],
         "rms_norm_eps": 1e-06,
-        "rope_scaling": {"type": "mrope", "mrope_section": list(_TEXT["mrope_section"])},
-        "rope_theta": 1000000.0,
+        "rope_scaling": {"type": "mrope", "mrope_section": list(text["mrope_section"])},
+        "rope_theta": rope_theta,
         "sliding_window": 32768,
         "tie_word_embeddings": False,
-        "torch_dtype": "float32",
+        "torch_dtype": torch_dtype,
         "transformers_version": "4.49.0",
         "use_cache": True,
         "use_sliding_window": False,
@@ -351,14 +363,14 @@ def _image_processor_config() -> dict:
         "image_processor_type": "Qwen2VLImageProcessor",
         "image_std": _CLIP_STD,
         "max_pixels": _MAX_PIXELS,
-        "merge_size": _VISION["spatial_merge_size"],
+        "merge_size": VISION_SIZES["spatial_merge_size"],
         "min_pixels": _MIN_PIXELS,
-        "patch_size": _VISION["patch_size"],
+        "patch_size": VISION_SIZES["patch_size"],
         "processor_class": "Qwen2_5_VLProcessor",
         "resample": 3,
         "rescale_factor": 1 / 255,
         "size": {"longest_edge": _MAX_PIXELS, "shortest_edge": _MIN_PIXELS},
-        "temporal_patch_size": _VISION["temporal_patch_size"],
+        "temporal_patch_size": VISION_SIZES["temporal_patch_size"],
     }
 
 
@@ -374,11 +386,13 @@ def _video_processor_config() -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _parameter_shapes(vocab_size: int, num_hidden_layers: int) -> dict[str, tuple[int, ...]]:
-    """Hub parameter names of Qwen2.5-VL and their shapes for the tiny sizes."""
-    d, ff = _TEXT["hidden_size"], _TEXT["intermediate_size"]
-    head_dim = d // _TEXT["num_attention_heads"]
-    kv = _TEXT["num_key_value_heads"] * head_dim
+def parameter_shapes(
+    vocab_size: int, num_hidden_layers: int, text: dict = TEXT_SIZES, vision: dict = VISION_SIZES
+) -> dict[str, tuple[int, ...]]:
+    """Hub parameter names of Qwen2.5-VL (``visual.*``, ``model.*``, ``lm_head.*``) and their shapes."""
+    d, ff = text["hidden_size"], text["intermediate_size"]
+    head_dim = d // text["num_attention_heads"]
+    kv = text["num_key_value_heads"] * head_dim
     shapes: dict[str, tuple[int, ...]] = {
         "model.embed_tokens.weight": (vocab_size, d),
         "model.norm.weight": (d,),
@@ -402,11 +416,11 @@ def _parameter_shapes(vocab_size: int, num_hidden_layers: int) -> dict[str, tupl
                 p + "mlp.down_proj.weight": (d, ff),
             }
         )
-    vd, vff, ps = _VISION["hidden_size"], _VISION["intermediate_size"], _VISION["patch_size"]
-    tps = _VISION["temporal_patch_size"]
-    merged = vd * _VISION["spatial_merge_size"] ** 2
+    vd, vff, ps = vision["hidden_size"], vision["intermediate_size"], vision["patch_size"]
+    tps = vision["temporal_patch_size"]
+    merged = vd * vision["spatial_merge_size"] ** 2
     shapes["visual.patch_embed.proj.weight"] = (vd, 3, tps, ps, ps)
-    for j in range(_VISION["depth"]):
+    for j in range(vision["depth"]):
         p = f"visual.blocks.{j}."
         shapes.update(
             {
@@ -485,6 +499,56 @@ def _dumps(obj: object, *, sort_keys: bool = True) -> str:
     return json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n"
 
 
+def write_model_files(
+    path: str | Path,
+    *,
+    num_hidden_layers: int,
+    text: dict = TEXT_SIZES,
+    vision: dict = VISION_SIZES,
+    extra_corpus: str = "",
+    vocab_size: int = _VOCAB_SIZE,
+    rope_theta: float = 1000000.0,
+    torch_dtype: str = "float32",
+) -> dict:
+    """Write every file of a hub-layout Qwen2.5-VL checkpoint except the weights; returns its ids and sizes.
+
+    Files: ``config.json`` (4.x-era flat layout), ``generation_config.json`` (greedy), the image and video
+    processor configs (patch 14, merge 2, temporal patch 2, CLIP mean/std; frames of 56..448 pixels a side
+    that are multiples of 28 are not resized), ``chat_template.json`` and the tokenizer files: a byte-level
+    BPE trained on a small English corpus plus ``extra_corpus`` (text the model must tokenize into whole
+    words), with up to ``vocab_size`` entries, :data:`SPECIAL_TOKENS` last. Add
+    ``model.safetensors`` under the names of :func:`parameter_shapes` for a loadable checkpoint.
+
+    Args:
+        text: language-model sizes, keys as :data:`TEXT_SIZES` (``mrope_section`` sums to head_dim / 2).
+        vision: vision-tower sizes, keys as :data:`VISION_SIZES`.
+        torch_dtype: the dtype ``from_pretrained(dtype="auto")`` loads the weights in.
+
+    Returns:
+        ``{"token_ids": {special token: id}, "vocab_size": int}``.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    corpus = _CORPUS + extra_corpus
+    tokenizer_json = _tokenizer_json(_train_tokenizer(vocab_size - len(SPECIAL_TOKENS), corpus))
+    token_ids = {t["content"]: t["id"] for t in tokenizer_json["added_tokens"]}
+    size = len(tokenizer_json["model"]["vocab"]) + len(tokenizer_json["added_tokens"])
+    if sorted(token_ids.values()) != list(range(size - len(SPECIAL_TOKENS), size)):
+        raise RuntimeError("special token ids are not contiguous at the end of the vocabulary")
+    config = _config(token_ids, size, num_hidden_layers, text, vision, rope_theta, torch_dtype)
+    files = {
+        "config.json": _dumps(config),
+        "generation_config.json": _dumps(_generation_config(token_ids)),
+        "preprocessor_config.json": _dumps(_image_processor_config()),
+        "video_preprocessor_config.json": _dumps(_video_processor_config()),
+        "chat_template.json": _dumps({"chat_template": CHAT_TEMPLATE}),
+        **_tokenizer_files(tokenizer_json),
+    }
+    for name, content in files.items():
+        (path / name).write_text(content, encoding="utf-8")
+    return {"token_ids": token_ids, "vocab_size": size}
+
+
 def build_tiny_checkpoint(path: str | Path, *, seed: int = 0, num_hidden_layers: int = 4) -> Path:
     """Write a tiny random Qwen2.5-VL checkpoint with its processor to ``path`` and return it.
 
@@ -501,26 +565,9 @@ def build_tiny_checkpoint(path: str | Path, *, seed: int = 0, num_hidden_layers:
     """
     if num_hidden_layers < 1:
         raise ValueError(f"num_hidden_layers must be >= 1, got {num_hidden_layers}")
+    info = write_model_files(path, num_hidden_layers=num_hidden_layers)
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-
-    tokenizer_json = _tokenizer_json(_train_tokenizer())
-    token_ids = {t["content"]: t["id"] for t in tokenizer_json["added_tokens"]}
-    vocab_size = len(tokenizer_json["model"]["vocab"]) + len(tokenizer_json["added_tokens"])
-    if sorted(token_ids.values()) != list(range(vocab_size - len(SPECIAL_TOKENS), vocab_size)):
-        raise RuntimeError("special token ids are not contiguous at the end of the vocabulary")
-
-    files = {
-        "config.json": _dumps(_config(token_ids, vocab_size, num_hidden_layers)),
-        "generation_config.json": _dumps(_generation_config(token_ids)),
-        "preprocessor_config.json": _dumps(_image_processor_config()),
-        "video_preprocessor_config.json": _dumps(_video_processor_config()),
-        "chat_template.json": _dumps({"chat_template": CHAT_TEMPLATE}),
-        **_tokenizer_files(tokenizer_json),
-    }
-    for name, text in files.items():
-        (path / name).write_text(text, encoding="utf-8")
-    weights = _random_weights(_parameter_shapes(vocab_size, num_hidden_layers), seed)
+    weights = _random_weights(parameter_shapes(info["vocab_size"], num_hidden_layers), seed)
     _write_safetensors(weights, path / "model.safetensors")
     return path
 

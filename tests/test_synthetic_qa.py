@@ -1,0 +1,354 @@
+"""The synthetic video QA generator, its held-out set on disk, and the training script (CPU smoke).
+
+Accuracy is never asserted here (the smoke run trains a dozen steps): the tests check determinism,
+balance, answerability, the round trip through real video files, that the training path computes
+exactly what the processor + stock model compute, and that the trained checkpoint loads and answers.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from prunevid import synthetic_qa as qa
+from prunevid.benchmarks_data import BENCHMARKS, read_benchmark, read_synthetic
+from prunevid.video import load_video
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"size": 112, "num_frames": 8}
+
+
+def _load_script() -> ModuleType:
+    """Import ``benchmarks/train_synthetic.py`` (not a package) under a private module name."""
+    spec = importlib.util.spec_from_file_location(
+        "_prunevid_train_synthetic", ROOT / "benchmarks/train_synthetic.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script() -> ModuleType:
+    return _load_script()
+
+
+@pytest.fixture(scope="module")
+def eval_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 held-out questions of 112x112x8 clips written as real video files."""
+    return qa.write_eval_set(tmp_path_factory.mktemp("synthetic"), 12, seed=7, workers=1, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def smoke_checkpoint(tmp_path_factory: pytest.TempPathFactory, eval_set: Path) -> Path:
+    """The training script's CPU smoke run, as a user runs it (a subprocess)."""
+    out = tmp_path_factory.mktemp("smoke") / "synthetic-model"
+    command = [sys.executable, str(ROOT / "benchmarks/train_synthetic.py"), "--smoke", "--out", str(out)]
+    command += ["--eval-dir", str(eval_set), "--steps", "6"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# Generator
+
+
+def test_same_seed_same_sample() -> None:
+    for index in range(12):
+        a, b = qa.make_sample(3, index), qa.make_sample(3, index)
+        assert np.array_equal(a.frames, b.frames)
+        assert (a.question, a.options, a.answer, a.question_type) == (
+            b.question,
+            b.options,
+            b.answer,
+            b.question_type,
+        )
+        assert a.frames.shape == (16, 224, 224, 3) and a.frames.dtype == np.uint8
+        assert a.clip.sampled_fps == qa.FPS and list(a.clip.frame_indices) == list(range(16))
+    other = qa.make_sample(4, 0)
+    assert not np.array_equal(other.frames, qa.make_sample(3, 0).frames)
+    buffer = np.zeros((16, 224, 224, 3), np.uint8)
+    drawn = qa.make_sample(3, 5, out=buffer)
+    assert drawn.frames is buffer and np.array_equal(buffer, qa.make_sample(3, 5).frames)
+
+
+def test_types_and_letters_are_balanced() -> None:
+    samples = [qa.make_sample(11, i, **SMALL) for i in range(480)]
+    pairs = collections.Counter((s.question_type, s.answer) for s in samples)
+    assert set(pairs) == {(t, letter) for t in qa.QUESTION_TYPES for letter in "ABCD"}
+    assert set(pairs.values()) == {480 // 24}
+    # The correct option's text is spread too (not always the same colour, direction, count...).
+    for kind in ("colour", "shape", "direction", "count"):
+        golds = collections.Counter(
+            s.options["ABCD".index(s.answer)] for s in samples if s.question_type == kind
+        )
+        assert len(golds) >= 4 and max(golds.values()) <= 0.5 * sum(golds.values()), (kind, golds)
+
+
+@pytest.mark.parametrize(("size", "frames"), [(224, 16), (112, 8), (168, 32)])
+def test_every_sample_is_answerable(size: int, frames: int) -> None:
+    for index in range(60):
+        sample = qa.make_sample(21, index, size=size, num_frames=frames)
+        qa.check_answerable(sample)
+        assert len(sample.options) == 4 and sample.answer in "ABCD"
+        if sample.question_type in ("order", "end"):
+            assert len(sample.events) == 4
+
+
+def test_check_answerable_catches_wrong_answers() -> None:
+    for index in range(24):
+        sample = qa.make_sample(5, index)
+        wrong = "ABCD"[("ABCD".index(sample.answer) + 1) % 4]
+        with pytest.raises(AssertionError):
+            qa.check_answerable(dataclasses.replace(sample, answer=wrong))
+
+
+def test_check_answerable_catches_ambiguous_scenes() -> None:
+    sample = next(s for s in (qa.make_sample(5, i) for i in range(0, 60, 6)) if len(s.scene.shapes) >= 2)
+    target = sample.question.split("the ")[1].rstrip("?")
+    twin = next(o for o in sample.scene.shapes if o.shape != target)
+    twin.shape = target  # now two shapes answer to the question
+    with pytest.raises(AssertionError, match="not unique"):
+        qa.check_answerable(sample)
+
+
+def test_shapes_are_drawn_in_their_colour_and_backgrounds_are_greyish() -> None:
+    for index in range(0, 48, 6):  # colour questions
+        sample = qa.make_sample(8, index)
+        target = next(o for o in sample.scene.shapes if o.shape in sample.question)
+        y, x = target.box(target.on)
+        centre = sample.frames[target.on, y + target.size // 2, x + target.size // 2]
+        assert tuple(centre) == qa.COLOURS[target.colour]
+    background = qa._background(3, 224).astype(int)
+    assert (background.max(-1) - background.min(-1)).max() < 50  # palette colours: > 120
+    for rgb in qa.COLOURS.values():
+        assert max(rgb) - min(rgb) > 120
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        qa.make_sample(0, 0, size=100)
+    with pytest.raises(ValueError):
+        qa.make_sample(0, 0, num_frames=7)
+    with pytest.raises(ValueError):
+        qa.make_sample(0, -1)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Held-out set on disk
+
+
+def test_eval_set_round_trip(eval_set: Path) -> None:
+    assert "synthetic" in BENCHMARKS
+    samples = read_benchmark("synthetic", eval_set)
+    index = json.loads((eval_set / qa.INDEX_FILE).read_text())
+    assert index["seed"] == 7 and index["fps"] == qa.FPS and len(samples) == 12
+    assert [s.group for s in samples] == [qa.QUESTION_TYPES[i % 6] for i in range(12)]
+    for i, sample in enumerate(samples):
+        original = qa.make_sample(7, i, **SMALL)
+        assert (sample.question, sample.options, sample.gold) == (
+            original.question,
+            original.options,
+            original.answer,
+        )
+        clip = load_video(sample.video, num_frames=32)  # the harness's default count, capped at the file's
+        assert clip.frames.shape == original.frames.shape and clip.sampled_fps == pytest.approx(qa.FPS)
+        error = np.abs(clip.frames.astype(int) - original.frames.astype(int))
+        assert error.mean() < 6, (sample.id, error.mean())  # MPEG-4 is lossy, but close
+
+
+def test_eval_set_is_the_same_with_worker_processes(tmp_path: Path, eval_set: Path) -> None:
+    folder = qa.write_eval_set(tmp_path, 4, seed=7, workers=2, **SMALL)
+    one = json.loads((eval_set / qa.INDEX_FILE).read_text())["samples"][:4]
+    assert json.loads((folder / qa.INDEX_FILE).read_text())["samples"] == one
+
+
+def test_read_synthetic_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_synthetic(tmp_path)
+    (tmp_path / "synthetic.json").write_text('{"samples": 3}')
+    with pytest.raises(ValueError, match="samples"):
+        read_synthetic(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The training path computes what the processor and the stock model compute
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, script: ModuleType) -> Path:
+    out = tmp_path_factory.mktemp("files")
+    script.write_processor_files(out)
+    return out
+
+
+def test_vocabulary_covers_the_prompts(files: Path, script: ModuleType) -> None:
+    from transformers import AutoProcessor
+
+    from prunevid.evaluation import format_prompt
+
+    tokenizer = AutoProcessor.from_pretrained(files).tokenizer
+    words = [*qa.COLOURS, *qa.SHAPES, *qa.DIRECTIONS, *qa.NUMBERS, "appears", "disappears", "turns"]
+    for word in words:
+        assert len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1, word
+    sample = qa.make_sample(2, 4)
+    ids = tokenizer(format_prompt(sample.question, sample.options), add_special_tokens=False)["input_ids"]
+    assert len(ids) < 60
+
+
+@pytest.mark.parametrize(("size", "frames", "count"), [(112, 8, 6), (224, 16, 2)])
+def test_patchify_prompt_ids_and_forward_match_the_processor(
+    files: Path, script: ModuleType, monkeypatch: pytest.MonkeyPatch, size: int, frames: int, count: int
+) -> None:
+    from transformers import AutoProcessor
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionAttention
+
+    from prunevid.evaluation import format_prompt
+    from prunevid.prompt import build_inputs
+
+    processor = AutoProcessor.from_pretrained(files)
+    samples = [qa.make_sample(9, i, size=size, num_frames=frames) for i in range(count)]
+    prompts = [format_prompt(s.question, s.options) for s in samples]
+    reference = build_inputs(processor, [s.clip for s in samples], prompts)
+    pixels = torch.from_numpy(np.stack([s.frames for s in samples]))
+    assert torch.allclose(script.patchify(pixels), reference["pixel_values_videos"], atol=1e-6, rtol=0)
+
+    prompt_ids = script.PromptIds(processor, frames // 2 * (size // 28) ** 2)
+    tokenizer = processor.tokenizer
+    ids, mask, lengths = prompt_ids.batch(
+        [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts], None
+    )
+    assert torch.equal(ids, reference["input_ids"]) and torch.equal(mask, reference["attention_mask"])
+
+    model = script.build_model(files, seed=0).eval()
+    longest = prompt_ids.prefix + [prompt_ids.pad] * script.MAX_PROMPT_TOKENS + prompt_ids.suffix + [0, 0]
+    grid = torch.tensor([frames // 2, size // 14, size // 14])
+    canonical = script.canonical_positions(model, torch.tensor(longest), grid, 1.0)
+    with torch.no_grad():
+        stock = model(**reference).logits
+        fast = script.forward_batch(model, pixels, ids, mask, lengths, canonical, ids.shape[1])
+        stock_forward = Qwen2_5_VLVisionAttention.forward
+
+        def refuse(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("the batched attention fell back to the stock loop")
+
+        monkeypatch.setattr(Qwen2_5_VLVisionAttention, "forward", refuse)
+        with script.batched_vision_attention(model):
+            batched = script.forward_batch(model, pixels, ids, mask, lengths, canonical, ids.shape[1])
+        monkeypatch.setattr(Qwen2_5_VLVisionAttention, "forward", stock_forward)
+    assert torch.allclose(fast, stock, atol=1e-5, rtol=0)
+    assert torch.allclose(batched, stock, atol=1e-5, rtol=0)
+    assert not any("forward" in vars(m) for m in model.modules()), "the attention patch was not removed"
+
+
+def test_training_batches(files: Path, script: ModuleType) -> None:
+    from tokenizers import Tokenizer
+    from transformers import AutoProcessor
+
+    tokenizer = Tokenizer.from_file(str(files / "tokenizer.json"))
+    stream = script.TrainStream(1, 8, 112, 8, str(files / "tokenizer.json"), open_fraction=0.5)
+    first, again, other = stream.batch(3, tokenizer), stream.batch(3, tokenizer), stream.batch(4, tokenizer)
+    for key in first:
+        assert torch.equal(first[key], again[key]), key  # batch k depends only on (seed, k)
+    assert not torch.equal(first["frames"], other["frames"])
+    assert first["frames"].shape == (8, 8, 112, 112, 3) and first["frames"].is_shared()
+
+    processor = AutoProcessor.from_pretrained(files)
+    prompt_ids = script.PromptIds(processor, 4 * 4 * 4)
+    prompts = [first["prompt_ids"][i, :n].tolist() for i, n in enumerate(first["prompt_lengths"].tolist())]
+    answers = [first["answer_ids"][i, :n].tolist() for i, n in enumerate(first["answer_lengths"].tolist())]
+    ids, mask, lengths = prompt_ids.batch(prompts, answers)
+    targets = script.answer_targets(answers, prompt_ids.im_end)
+    k = targets.shape[1]
+    assert k == max(map(len, answers)) + 1
+    for i, answer in enumerate(answers):
+        kept = targets[i] != -100
+        assert torch.equal(ids[i, -k:][kept], targets[i][kept]) and int(kept.sum()) == len(answer) + 1
+        text = processor.tokenizer.decode(prompts[i])
+        letter = int(first["letters"][i])
+        if letter >= 0:  # multiple choice: the letter, and the harness's prompt
+            assert answer == [prompt_ids.letters[letter]] and text.endswith(script.ANSWER_INSTRUCTION)
+            assert f"{'ABCD'[letter]}. " in text
+        else:  # open: the gold option's text
+            assert text.endswith(script.OPEN_INSTRUCTION) and "A. " not in text
+            assert processor.tokenizer.decode(answer) in qa.COLOURS.keys() | set(qa.SHAPES) | set(
+                qa.DIRECTIONS
+            ) | set(qa.NUMBERS) or processor.tokenizer.decode(answer).startswith("the ")
+    assert (first["letters"] < 0).any() and (first["letters"] >= 0).any()
+
+
+def test_degrade_only_touches_the_chosen_clips(script: ModuleType) -> None:
+    frames = torch.from_numpy(np.stack([qa.make_sample(1, i, **SMALL).frames for i in range(8)]))
+    generator = torch.Generator().manual_seed(0)
+    out = script.degrade(frames, generator, fraction=0.5)
+    changed = [(out[i] - frames[i].float()).abs().max() > 0 for i in range(8)]
+    assert 0 < sum(changed) < 8
+    assert (out - frames.float()).abs().mean() < 4 and out.min() >= 0 and out.max() <= 255
+    assert torch.equal(script.degrade(frames, generator, fraction=0.0), frames.float())
+
+
+# ------------------------------------------------------------------------------------------------------
+# The smoke run's checkpoint
+
+
+def test_smoke_checkpoint_loads_and_answers(smoke_checkpoint: Path, eval_set: Path) -> None:
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from prunevid import PruneVidConfig, ask, attach
+
+    names = {p.name for p in smoke_checkpoint.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.json"} <= names
+    assert {"generation_config.json", "video_preprocessor_config.json", "training_log.json"} <= names
+    assert (smoke_checkpoint / "model.safetensors").stat().st_size <= 20 * 2**20
+    log = json.loads((smoke_checkpoint / "training_log.json").read_text())
+    assert log["steps"] == 6 and log["seed"] == qa.TRAIN_SEED and log["loss_curve"]
+    assert {"argmax", "generate", "training_path_argmax"} <= set(log["held_out"])
+    assert log["held_out"]["argmax"]["count"] == 12
+
+    model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        smoke_checkpoint, dtype="auto", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert model.dtype == torch.bfloat16
+    assert 4e6 < sum(p.numel() for p in model.parameters()) < 9e6
+    vision = model.config.vision_config
+    assert vision.fullatt_block_indexes and len(vision.fullatt_block_indexes) < vision.depth
+    model = model.float().eval()
+    processor = AutoProcessor.from_pretrained(smoke_checkpoint)
+    sample = read_benchmark("synthetic", eval_set)[0]
+    from prunevid.evaluation import format_prompt
+
+    question = format_prompt(sample.question, sample.options)
+    plain = ask(model, processor, sample.video, question, num_frames=8, max_new_tokens=3)
+    assert isinstance(plain.text, str) and plain.num_frames == 8
+    with attach(model, PruneVidConfig.preset("paper")):
+        pruned = ask(model, processor, sample.video, question, num_frames=8, max_new_tokens=3)
+    assert pruned.stats is not None and pruned.stats.video_tokens_in == 64
+
+
+def test_eval_command_on_the_synthetic_benchmark(
+    smoke_checkpoint: Path, eval_set: Path, tmp_path: Path
+) -> None:
+    from prunevid.cli import main
+
+    out = tmp_path / "eval"
+    argv = ["eval", "synthetic", "--data", str(eval_set), "--model", str(smoke_checkpoint), "--out", str(out)]
+    assert main([*argv, "--presets", "baseline", "--limit", "6", "--max-new-tokens", "2"]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["error"] is None and r["num_frames"] == 8 for r in rows)
+    summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    assert set(summary["presets"]["baseline"]["groups"]) == set(qa.QUESTION_TYPES)
