@@ -317,9 +317,10 @@ def test_pruned_cache_cannot_be_reused(models: dict[str, Any], prompts: dict[str
             generate(model, follow_up, past_key_values=out.past_key_values)
 
 
-def test_bfloat16_generates(tiny_checkpoint: Any, prompts: dict[str, Any]) -> None:
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_generates(tiny_checkpoint: Any, prompts: dict[str, Any], dtype: torch.dtype) -> None:
     model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        tiny_checkpoint, dtype=torch.bfloat16, attn_implementation="sdpa"
+        tiny_checkpoint, dtype=dtype, attn_implementation="sdpa"
     ).eval()
     with attach(model, PruneVidConfig.preset("paper")) as pruner:
         out = generate(model, prompts["padded"])
