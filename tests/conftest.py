@@ -25,15 +25,20 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-qwen2_5_vl")
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_checkpoint: Path) -> Any:
-    """The tiny model in float32, eval mode, SDPA attention. Shared: tests must not modify it."""
+def load_tiny_model(checkpoint: Path, attn_implementation: str) -> Any:
+    """The tiny model in float32 and eval mode with the given attention implementation."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        tiny_checkpoint, dtype=torch.float32, attn_implementation="sdpa"
+        checkpoint, dtype=torch.float32, attn_implementation=attn_implementation
     )
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint: Path) -> Any:
+    """The tiny model with SDPA attention. Shared: tests must not modify it."""
+    return load_tiny_model(tiny_checkpoint, "sdpa")
 
 
 @pytest.fixture(scope="session")
@@ -76,13 +81,8 @@ def make_video_clip() -> Callable[..., VideoClip]:
 
 @pytest.fixture(scope="session")
 def tiny_model_eager(tiny_checkpoint: Path) -> Any:
-    """The tiny model in float32 with eager attention (the masked-oracle reference)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        tiny_checkpoint, dtype=torch.float32, attn_implementation="eager"
-    )
-    return model.eval()
+    """The tiny model with eager attention (the masked-oracle reference)."""
+    return load_tiny_model(tiny_checkpoint, "eager")
 
 
 @pytest.fixture(scope="session")
