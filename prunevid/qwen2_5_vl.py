@@ -90,7 +90,6 @@ class _Prefill:
     query: Tensor | None = None  # [B, R, H*d] layer-M queries of the last R slots (pre-rotary)
     key: Tensor | None = None  # [B, S, H_kv*d] layer-M keys (pre-rotary)
     keep: Tensor | None = None  # [B, K] slots kept by Stage 2 (padded); None when nothing was removed
-    keep_valid: Tensor | None = None  # [B, K] bool
     upper_mask: Tensor | None = None  # 4-D mask for layers > M during prefill
     upper_position: dict = field(default_factory=dict)  # gathered rotary tables, by id of the original
     cache: Any = None
@@ -474,11 +473,10 @@ class Pruner:
         lower_valid = state.valid
         state.origin = torch.where(keep_valid, state.origin.to(device).gather(1, keep), -1)
         state.valid = keep_valid & state.valid.to(device).gather(1, keep)
-        state.keep, state.keep_valid, state.pruned = keep, keep_valid, True
+        state.keep, state.pruned = keep, True
         state.upper_valid = state.valid
         state.lower_valid = lower_valid
         cache = _cache_from(kwargs)
-        state.cache = cache
         if self.config.enable_cache_compression and cache is not None:
             for layer in cache.layers[: self.pruning_layer + 1]:
                 layer.keys, layer.values = compress_kv(layer.keys, layer.values, keep)

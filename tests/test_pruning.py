@@ -22,7 +22,6 @@ from prunevid import PruneVidConfig, attach
 pytestmark = pytest.mark.usefixtures("stock_models")
 
 NEW_TOKENS = 5
-VIDEO_TOKEN = None  # set from the model config in the fixtures below
 
 
 def generate(model: Any, inputs: Any, **kwargs: Any) -> Any:
