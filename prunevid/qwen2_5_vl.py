@@ -189,21 +189,20 @@ class Pruner:
         embeds = kwargs.get("inputs_embeds")
         query_length = (input_ids if input_ids is not None else embeds).shape[1]
         past = cache.get_seq_length() if cache is not None else 0
-        if self.config.enabled:
-            _check_cache(cache)
-            if torch.compiler.is_compiling():
-                raise RuntimeError(
-                    "PruneVid cannot run inside torch.compile: the pruned length is data dependent"
-                )
+        if self.config.enabled and torch.compiler.is_compiling():
+            raise RuntimeError(
+                "PruneVid cannot run inside torch.compile: the pruned length is data dependent"
+            )
         if cache is not None and cache in self._pruned_caches:
             state = self._state
             if state is None or state.cache is not cache or past == 0 or query_length != 1:
                 raise RuntimeError(
                     "this KV cache was pruned by PruneVid for one prompt and can only continue that prompt "
-                    "one "
-                    "token at a time; start a new generate() call without passing the old cache"
+                    "one token at a time; start a new generate() call without passing the old cache"
                 )
-            return
+            return  # a decode step: its cache passed the type check at its prefill
+        if self.config.enabled:
+            _check_cache(cache)
         if past > 0:
             # A cache we did not prune: continuing someone else's prefix. Nothing to prune in it.
             if (
