@@ -89,8 +89,10 @@ def test_a_single_head_is_identical_on_one_cpu_thread() -> None:
         torch.set_num_threads(threads)
 
 
-def test_long_windows_can_keep_one_call_each(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
+@pytest.fixture
+def sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The query shape of every SDPA call fast_vision makes, in order."""
+    calls: list[tuple[int, ...]] = []
     original = fast_vision.scaled_dot_product_attention
 
     def spy(q: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -98,6 +100,11 @@ def test_long_windows_can_keep_one_call_each(monkeypatch: pytest.MonkeyPatch) ->
         return original(q, *args, **kwargs)
 
     monkeypatch.setattr(fast_vision, "scaled_dot_product_attention", spy)
+    return calls
+
+
+def test_long_windows_can_keep_one_call_each(sdpa_calls: list[tuple[int, ...]]) -> None:
+    calls = sdpa_calls
     for lengths in ([5, 9, 5, 9, 9], [9, 9, 9]):
         calls.clear()
         query, key, value = stock_layout(sum(lengths), 2, 8, torch.float32, 1)
@@ -107,15 +114,8 @@ def test_long_windows_can_keep_one_call_each(monkeypatch: pytest.MonkeyPatch) ->
         assert calls == [(2, 2, 5, 8)] * (5 in lengths) + [(1, 2, 9, 8)] * lengths.count(9)
 
 
-def test_one_sdpa_call_per_distinct_length(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    original = fast_vision.scaled_dot_product_attention
-
-    def spy(q: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        calls.append(tuple(q.shape))
-        return original(q, *args, **kwargs)
-
-    monkeypatch.setattr(fast_vision, "scaled_dot_product_attention", spy)
+def test_one_sdpa_call_per_distinct_length(sdpa_calls: list[tuple[int, ...]]) -> None:
+    calls = sdpa_calls
     lengths = [4, 2, 4, 0, 1, 2, 4]
     query, key, value = stock_layout(sum(lengths), 2, 8, torch.float32, 0)
     window_attention(query, key, value, torch.tensor([0, *np.cumsum(lengths)]), 0.3)
