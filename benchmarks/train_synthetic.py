@@ -98,6 +98,16 @@ MAX_ANSWER_TOKENS = 16
 # direct supervision of what the video shows, so the letter-matching of the multiple-choice format is the
 # only thing left to learn there. Held-out questions are all multiple choice.
 OPEN_INSTRUCTION = "Answer with a word or a short phrase."
+# The token probe: a linear head on the vision tower's output (the LLM's video tokens) trained to name the
+# colour, shape and motion of the object under each token. Without it the model never learns to look:
+# a single answer token per clip is too weak a signal to teach the vision tower shapes from scratch, and
+# the first GPU run (1000s of steps) stayed at chance on every question type. The probe is a training aid
+# only; the checkpoint is the stock model without it.
+COLOUR_CLASSES = ("none", *synthetic_qa.COLOURS)
+SHAPE_CLASSES = ("none", *synthetic_qa.SHAPES)
+MOTION_CLASSES = ("none", "still", *synthetic_qa.DIRECTIONS)
+PROBE_CLASSES = (COLOUR_CLASSES, SHAPE_CLASSES, MOTION_CLASSES)
+PROBE_NAMES = ("colour", "shape", "motion")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -185,6 +195,37 @@ def answer_targets(answers: Sequence[Sequence[int]], im_end: int) -> torch.Tenso
 
 
 # ------------------------------------------------------------------------------------------------------
+# Token probe targets
+
+
+def token_targets(scene: synthetic_qa.Scene, merge: int = 28, min_fraction: float = 0.15) -> np.ndarray:
+    """What each video token shows: ``int8 [T/2, S/merge, S/merge, 3]`` indices into ``COLOUR_CLASSES``,
+    ``SHAPE_CLASSES`` and ``MOTION_CLASSES`` of the object with the most pixels in the token's
+    ``merge x merge`` cell over its two frames, if it covers at least ``min_fraction`` of them; 0 (none)
+    otherwise. Tokens are in the vision tower's output order (frame pair, row, column)."""
+    ids = synthetic_qa.object_map(scene)
+    t, s = scene.num_frames, scene.size
+    g = s // merge
+    cells = ids.reshape(t // 2, 2, g, merge, g, merge).transpose(0, 2, 4, 1, 3, 5).reshape(t // 2, g, g, -1)
+    out = np.zeros((t // 2, g, g, 3), dtype=np.int8)
+    if not scene.shapes:
+        return out
+    counts = np.stack([(cells == k).sum(-1) for k in range(len(scene.shapes))])  # [objects, T/2, g, g]
+    best, covered = counts.argmax(0), counts.max(0) >= min_fraction * cells.shape[-1]
+    for k, obj in enumerate(scene.shapes):
+        sign = (int(np.sign(obj.velocity[0])), int(np.sign(obj.velocity[1])))
+        motion = {(0, 0): "still", (0, -1): "left", (0, 1): "right", (-1, 0): "up", (1, 0): "down"}[sign]
+        for pair in range(t // 2):
+            chosen = covered[pair] & (best[pair] == k)
+            out[pair][chosen] = (
+                COLOUR_CLASSES.index(obj.colour_at(2 * pair)),
+                SHAPE_CLASSES.index(obj.shape),
+                MOTION_CLASSES.index(motion),
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
 # Training data: worker processes render batches into shared memory
 
 
@@ -196,7 +237,8 @@ class TrainStream(torch.utils.data.IterableDataset):
     through (type, letter) pairs, and batches of consecutive indices would teach batch-to-batch priors.
     Each batch: ``frames`` uint8 ``[B, T, S, S, 3]``; ``prompt_ids`` int32 ``[B, MAX_PROMPT_TOKENS]`` and
     ``answer_ids`` int32 ``[B, MAX_ANSWER_TOKENS]`` with their lengths ``[B]``; ``letters`` ``[B]`` (the
-    gold letter's index, -1 for an open question) and ``types`` ``[B]`` (index in QUESTION_TYPES).
+    gold letter's index, -1 for an open question), ``types`` ``[B]`` (index in QUESTION_TYPES) and
+    ``token_labels`` int8 ``[B, T/2, S/28, S/28, 3]`` (:func:`token_targets`).
     """
 
     def __init__(
@@ -235,8 +277,10 @@ class TrainStream(torch.utils.data.IterableDataset):
         answer_lengths = torch.zeros(b, dtype=torch.int32)
         letters = torch.zeros(b, dtype=torch.int64)
         kinds = torch.zeros(b, dtype=torch.int64)
+        labels = torch.zeros((b, t // 2, s // 28, s // 28, 3), dtype=torch.int8)
         for j in range(b):
             sample = synthetic_qa.make_sample(self.seed, int(indices[j]), size=s, num_frames=t, out=pixels[j])
+            labels[j] = torch.from_numpy(token_targets(sample.scene))
             letter = LETTERS.index(sample.answer)
             if open_questions[j]:
                 text = f"{sample.question}\n{OPEN_INSTRUCTION}"
@@ -262,6 +306,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             "answer_lengths": answer_lengths,
             "letters": letters,
             "types": kinds,
+            "token_labels": labels,
         }
 
 
@@ -418,6 +463,17 @@ def save_weights(model: Any, out: Path, vocab_size: int) -> int:
     return (out / "model.safetensors").stat().st_size
 
 
+def load_weights(model: Any, checkpoint: Path) -> None:
+    """Copy ``checkpoint/model.safetensors`` (hub names, as :func:`save_weights` writes) into ``model``."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(checkpoint / "model.safetensors"))
+    names = {hub_name(n): n for n in model.state_dict()}
+    if set(state) != set(names):
+        raise ValueError(f"{checkpoint} does not hold this model's parameters")
+    model.load_state_dict({names[n]: t.float() for n, t in state.items()})
+
+
 def build_model(out: Path, seed: int) -> Any:
     """The real class, randomly initialised (``initializer_range`` 0.02) from the config in ``out``."""
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
@@ -475,8 +531,9 @@ def forward_batch(
     lengths: torch.Tensor,
     canonical: torch.Tensor,
     keep: int,
-) -> torch.Tensor:
-    """Logits ``[B, keep, V]`` of the last ``keep`` positions for a batch of same-size clips on the device.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[B, keep, V]`` of the last ``keep`` positions for a batch of same-size clips on the device,
+    and the video features ``[B * T/2 * (S/28)**2, hidden]`` the LLM read (the vision tower's output).
 
     ``frames`` uint8 or float ``[B, T, S, S, 3]`` on the model's device; ``ids`` / ``mask`` int64 ``[B, L]``
     left-padded (CPU), each row with ``T/2 * (S/28)**2`` ``<|video_pad|>`` tokens; ``lengths`` ``[B]`` and
@@ -497,13 +554,14 @@ def forward_batch(
     embeds = model.get_input_embeddings()(ids)
     video = (ids == model.config.video_token_id).unsqueeze(-1).expand_as(embeds)
     embeds = embeds.masked_scatter(video, features.to(embeds.dtype))
-    return model(
+    logits = model(
         inputs_embeds=embeds,
         attention_mask=mask,
         position_ids=positions,
         use_cache=False,
         logits_to_keep=keep,
     ).logits
+    return logits, features
 
 
 @torch.no_grad()
@@ -520,7 +578,7 @@ def score_heldout(
         stop = min(count, start + batch)
         ids, mask, lengths = held.prompt_ids.batch(held.prompts[start:stop], None)
         with _autocast(device):
-            logits = forward_batch(
+            logits, _ = forward_batch(
                 model, held.frames[start:stop].to(device), ids, mask, lengths, canonical, 1
             )
         choice = logits[:, -1, letters].argmax(-1).cpu()
@@ -697,8 +755,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     timings["held_out_set_s"] = time.perf_counter() - started
     log(f"held-out set: {len(samples)} samples in {eval_dir} ({timings['held_out_set_s']:.1f}s since start)")
 
-    model = build_model(out, args.seed).to(device)
-    model.train()
+    model = build_model(out, args.seed)
+    if args.init:
+        load_weights(model, Path(args.init))
+        log(f"weights from {args.init}")
+    model.to(device).train()
+    hidden = model.get_input_embeddings().embedding_dim
+    probe = torch.nn.Linear(hidden, sum(len(c) for c in PROBE_CLASSES)).to(device)
     parameters = sum(p.numel() for p in model.parameters())
     log(f"model: {parameters / 1e6:.2f}M parameters, {num_video_tokens} video tokens per clip")
     longest = prompt_ids.prefix + [prompt_ids.pad] * MAX_PROMPT_TOKENS + prompt_ids.suffix + [0, 0]
@@ -709,8 +772,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         2.0 / synthetic_qa.FPS,
     )
 
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    parameters_trained = [*model.parameters(), *probe.parameters()]
+    decay = [p for p in parameters_trained if p.ndim >= 2]
+    no_decay = [p for p in parameters_trained if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr,
@@ -728,6 +792,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     step, seen, waited, logged = 0, 0, 0.0, 0
     # Sums since the last log line, kept on the device: no host sync per step.
     loss_sum = torch.zeros((), device=device)
+    probe_loss_sum = torch.zeros((), device=device)
+    probe_correct = torch.zeros(len(PROBE_CLASSES), device=device)  # on tokens that show an object
+    probe_count = torch.zeros((), device=device)
     correct_by_type = torch.zeros(len(synthetic_qa.QUESTION_TYPES), device=device)
     count_by_type = torch.zeros(len(synthetic_qa.QUESTION_TYPES), device=device)
     train_started = time.perf_counter()
@@ -761,18 +828,28 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             frames = degrade(frames, generator) if args.augment else frames
             gold = batch["letters"].to(device, non_blocking=True)
             kinds = batch["types"].to(device, non_blocking=True)
+            token_labels = batch["token_labels"].to(device, non_blocking=True).reshape(-1, 3).long()
             with _autocast(device):
                 # k + 1 rows: row m predicts the token at position L - k + m.
-                logits = forward_batch(model, frames, ids, mask, rows, canonical, k + 1)
+                logits, features = forward_batch(model, frames, ids, mask, rows, canonical, k + 1)
+                probe_logits = probe(features).float().split([len(c) for c in PROBE_CLASSES], dim=-1)
             loss = F.cross_entropy(logits[:, :k].float().flatten(0, 1), targets.to(device).flatten())
+            probe_loss = sum(
+                F.cross_entropy(part, token_labels[:, i]) for i, part in enumerate(probe_logits)
+            ) / len(PROBE_CLASSES)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            (loss + args.probe_weight * probe_loss).backward()
+            torch.nn.utils.clip_grad_norm_(parameters_trained, args.clip)
             optimizer.step()
             step += 1
             seen += len(answers)
             with torch.no_grad():  # multiple-choice rows: is the letter right (row k - 2 predicts it)?
                 loss_sum += loss.detach()
+                probe_loss_sum += probe_loss.detach()
+                shown = token_labels[:, 0] > 0
+                for i, part in enumerate(probe_logits):
+                    probe_correct[i] += (part.argmax(-1) == token_labels[:, i])[shown].float().sum()
+                probe_count += shown.sum()
                 choice = logits[:, k - 2, letters].argmax(-1)
                 mc = (gold >= 0).float()
                 correct_by_type.index_add_(0, kinds, (choice == gold).float() * mc)
@@ -790,6 +867,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     "step": step,
                     "time_s": round(time.perf_counter() - train_started, 2),
                     "loss": round(float(loss_sum) / (step - logged), 4),
+                    "probe_loss": round(float(probe_loss_sum) / (step - logged), 4),
+                    "probe_accuracy": dict(
+                        zip(PROBE_NAMES, (probe_correct / probe_count).tolist(), strict=True)
+                    ),
                     "train_accuracy": round(float(correct_by_type.sum()) / max(1.0, sum(counts)), 4),
                     "train_accuracy_by_type": by_type,
                     "lr": lr,
@@ -797,12 +878,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 curve.append(point)
                 loss_sum.zero_()
+                probe_loss_sum.zero_()
+                probe_correct.zero_()
+                probe_count.zero_()
                 correct_by_type.zero_()
                 count_by_type.zero_()
                 logged = step
                 rate = seen / max(1e-9, time.perf_counter() - train_started)
                 log(
-                    f"step {step} loss {point['loss']:.4f} train acc {point['train_accuracy']:.3f} "
+                    f"step {step} loss {point['loss']:.4f} probe {point['probe_loss']:.3f} "
+                    f"{ {k: round(v, 2) for k, v in point['probe_accuracy'].items()} } "
+                    f"train acc {point['train_accuracy']:.3f} "
                     f"lr {lr:.2e} {rate:.0f} samples/s, waited for data {waited:.1f}s {by_type}"
                 )
             if time.perf_counter() - last_eval >= args.eval_every_s:
@@ -899,6 +985,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--steps", type=int, help="train exactly this many steps (schedule by step, no time limit)"
     )
     parser.add_argument("--no-augment", dest="augment", action="store_false")
+    parser.add_argument(
+        "--probe-weight", type=float, default=1.0, help="weight of the token probe's loss (0: no probe)"
+    )
+    parser.add_argument("--init", help="start from this checkpoint's model.safetensors (a continued run)")
     parser.add_argument(
         "--open-fraction", type=float, default=0.25, help="training questions asked without options"
     )

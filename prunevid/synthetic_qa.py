@@ -55,6 +55,7 @@ __all__ = [
     "QASample",
     "check_answerable",
     "make_sample",
+    "object_map",
     "render_scene",
     "write_eval_set",
 ]
@@ -280,6 +281,18 @@ def render_scene(scene: Scene, out: np.ndarray | None = None) -> np.ndarray:
                 where=mask[None, :, :, None],
             )
     return frames
+
+
+def object_map(scene: Scene) -> np.ndarray:
+    """Which object is drawn at each pixel: ``int8 [T, S, S]``, the object's index in ``scene.shapes``, -1
+    where only background shows (shapes never overlap, so each pixel has at most one)."""
+    ids = np.full((scene.num_frames, scene.size, scene.size), -1, dtype=np.int8)
+    for number, obj in enumerate(scene.shapes):
+        mask = _sprite(obj.shape, obj.size)
+        for t in range(obj.on, obj.off):
+            y, x = obj.box(t)
+            ids[t, y : y + obj.size, x : x + obj.size][mask] = number
+    return ids
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -240,7 +240,7 @@ def test_patchify_prompt_ids_and_forward_match_the_processor(
     canonical = script.canonical_positions(model, torch.tensor(longest), grid, 1.0)
     with torch.no_grad():
         stock = model(**reference).logits
-        fast = script.forward_batch(model, pixels, ids, mask, lengths, canonical, ids.shape[1])
+        fast, features = script.forward_batch(model, pixels, ids, mask, lengths, canonical, ids.shape[1])
         stock_forward = Qwen2_5_VLVisionAttention.forward
 
         def refuse(*args: Any, **kwargs: Any) -> None:
@@ -248,9 +248,13 @@ def test_patchify_prompt_ids_and_forward_match_the_processor(
 
         monkeypatch.setattr(Qwen2_5_VLVisionAttention, "forward", refuse)
         with script.batched_vision_attention(model):
-            batched = script.forward_batch(model, pixels, ids, mask, lengths, canonical, ids.shape[1])
+            batched, _ = script.forward_batch(model, pixels, ids, mask, lengths, canonical, ids.shape[1])
         monkeypatch.setattr(Qwen2_5_VLVisionAttention, "forward", stock_forward)
     assert torch.allclose(fast, stock, atol=1e-5, rtol=0)
+    assert features.shape == (
+        count * frames // 2 * (size // 28) ** 2,
+        model.get_input_embeddings().embedding_dim,
+    )
     assert torch.allclose(batched, stock, atol=1e-5, rtol=0)
     assert not any("forward" in vars(m) for m in model.modules()), "the attention patch was not removed"
 
