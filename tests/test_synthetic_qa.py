@@ -285,8 +285,9 @@ def test_training_batches(files: Path, script: ModuleType) -> None:
         text = processor.tokenizer.decode(prompts[i])
         letter = int(first["letters"][i])
         if letter >= 0:  # multiple choice: the letter, and the harness's prompt
-            assert answer == [prompt_ids.letters[letter]] and text.endswith(script.ANSWER_INSTRUCTION)
-            assert f"{'ABCD'[letter]}. " in text
+            assert text.endswith(script.ANSWER_INSTRUCTION) and f"{'ABCD'[letter]}. " in text
+            option = text.split(f"{'ABCD'[letter]}. ")[1].split("\n")[0]
+            assert processor.tokenizer.decode(answer) == f"{option} ({'ABCD'[letter]})"
         else:  # open: the gold option's text
             assert text.endswith(script.OPEN_INSTRUCTION) and "A. " not in text
             assert processor.tokenizer.decode(answer) in qa.COLOURS.keys() | set(qa.SHAPES) | set(
@@ -320,8 +321,9 @@ def test_smoke_checkpoint_loads_and_answers(smoke_checkpoint: Path, eval_set: Pa
     assert (smoke_checkpoint / "model.safetensors").stat().st_size <= 20 * 2**20
     log = json.loads((smoke_checkpoint / "training_log.json").read_text())
     assert log["steps"] == 6 and log["seed"] == qa.TRAIN_SEED and log["loss_curve"]
-    assert {"argmax", "generate", "training_path_argmax"} <= set(log["held_out"])
-    assert log["held_out"]["argmax"]["count"] == 12
+    assert log["held_out"]["count"] == 12 and len(log["held_out"]["examples"]) == 12
+    assert set(log["held_out"]["by_type"]) == set(qa.QUESTION_TYPES)
+    assert log["loss_curve"][-1]["probe_loss"] > 0
 
     model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         smoke_checkpoint, dtype="auto", output_loading_info=True
