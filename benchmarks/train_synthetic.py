@@ -44,6 +44,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -97,11 +98,36 @@ NUM_LAYERS = 6
 VOCAB_SIZE = 1024
 MAX_PROMPT_TOKENS = 192
 MAX_ANSWER_TOKENS = 16
-# Multiple-choice answers name the option, then its letter: "red (B)" (the harness reads "(B)"). A bare
-# letter asks for two steps at once (what the video shows, and which letter lists it), and the second GPU
-# run, whose vision tower had learned every token's colour, shape and motion (token probe 99%), still sat at
-# chance on the letter after 3300 steps. Naming the option first makes the letter a copy from the prompt.
-MC_ANSWER = "{text} ({letter})"
+# Answers restate what was asked, name the option, then give its letter: "the cross is red (B)" (the
+# harness reads "(B)"). A bare letter asks for three steps at once (find the object the question names,
+# read its colour in the video, find the letter that lists the colour): the first GPU runs, whose vision
+# tower had learned every token's colour, shape and motion (token probe 99%), stayed at chance after 3300
+# steps with a bare letter and with "red (B)". Written out, each step reads a neighbouring token: the
+# object's name is just before its colour, the colour just before the letter.
+RESTATED = {
+    "colour": (re.compile(r"What colour is the (\w+)\?"), "the {0} is {answer}"),
+    "shape": (re.compile(r"What shape is the (\w+) object\?"), "the {0} object is a {answer}"),
+    "direction": (re.compile(r"In which direction does the (\w+ \w+) move\?"), "the {0} moves {answer}"),
+}
+
+
+def answer_text(sample: synthetic_qa.QASample, letter: bool) -> str:
+    """The training answer of ``sample``: ``"the cross is red (B)"`` (``letter``) or ``"the cross is
+    red"``; count / order / end questions name no object and are answered with the option alone."""
+    option = sample.options[LETTERS.index(sample.answer)]
+    text = option
+    if sample.question_type in RESTATED:
+        pattern, template = RESTATED[sample.question_type]
+        match = pattern.fullmatch(sample.question)
+        if match is None:
+            raise ValueError(f"unexpected {sample.question_type} question {sample.question!r}")
+        text = template.format(match.group(1), answer=option)
+    return f"{text} ({sample.answer})" if letter else text
+
+
+# Some training questions name the option to pick ("Which option says red?"): the answer needs no video,
+# and the letter-copying step is learnt on its own.
+COPY_QUESTION = "Which option says {option}?"
 # Some training questions come without options and are answered with the option's text: direct
 # supervision of what the video shows. Held-out questions are all multiple choice.
 OPEN_INSTRUCTION = "Answer with a word or a short phrase."
@@ -241,8 +267,8 @@ class TrainStream(torch.utils.data.IterableDataset):
     through (type, letter) pairs, and batches of consecutive indices would teach batch-to-batch priors.
     Each batch: ``frames`` uint8 ``[B, T, S, S, 3]``; ``prompt_ids`` int32 ``[B, MAX_PROMPT_TOKENS]`` and
     ``answer_ids`` int32 ``[B, MAX_ANSWER_TOKENS]`` with their lengths ``[B]``; ``letters`` ``[B]`` (the
-    gold letter's index, -1 for an open question), ``types`` ``[B]`` (index in QUESTION_TYPES) and
-    ``token_labels`` int8 ``[B, T/2, S/28, S/28, 3]`` (:func:`token_targets`).
+    gold letter's index, -1 for an open question, -2 for a "Which option says" one), ``types`` ``[B]``
+    (index in QUESTION_TYPES) and ``token_labels`` int8 ``[B, T/2, S/28, S/28, 3]`` (:func:`token_targets`).
     """
 
     def __init__(
@@ -253,9 +279,11 @@ class TrainStream(torch.utils.data.IterableDataset):
         num_frames: int,
         tokenizer_file: str,
         open_fraction: float,
+        copy_fraction: float = 0.0,
     ) -> None:
         self.seed, self.batch_size, self.size, self.num_frames = seed, batch_size, size, num_frames
         self.tokenizer_file, self.open_fraction = tokenizer_file, open_fraction
+        self.copy_fraction = copy_fraction
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         from tokenizers import Tokenizer
@@ -272,7 +300,9 @@ class TrainStream(torch.utils.data.IterableDataset):
         b, t, s = self.batch_size, self.num_frames, self.size
         rng = np.random.default_rng([self.seed, number])
         indices = rng.integers(0, 2**62, size=b)
-        open_questions = rng.random(b) < self.open_fraction
+        draw = rng.random(b)
+        open_questions = draw < self.open_fraction
+        copy_questions = (draw >= self.open_fraction) & (draw < self.open_fraction + self.copy_fraction)
         frames = torch.empty((b, t, s, s, 3), dtype=torch.uint8).share_memory_()
         pixels = frames.numpy()
         prompt_ids = torch.zeros((b, MAX_PROMPT_TOKENS), dtype=torch.int32)
@@ -288,14 +318,16 @@ class TrainStream(torch.utils.data.IterableDataset):
             letter = LETTERS.index(sample.answer)
             if open_questions[j]:
                 text = f"{sample.question}\n{OPEN_INSTRUCTION}"
-                answer = tokenizer.encode(sample.options[letter], add_special_tokens=False).ids
+                answer = tokenizer.encode(answer_text(sample, letter=False), add_special_tokens=False).ids
                 letters[j] = -1
+            elif copy_questions[j]:
+                option = sample.options[letter]
+                text = format_prompt(COPY_QUESTION.format(option=option), sample.options)
+                answer = tokenizer.encode(f"{option} ({sample.answer})", add_special_tokens=False).ids
+                letters[j] = -2
             else:
                 text = format_prompt(sample.question, sample.options)
-                answer = tokenizer.encode(
-                    MC_ANSWER.format(text=sample.options[letter], letter=sample.answer),
-                    add_special_tokens=False,
-                ).ids
+                answer = tokenizer.encode(answer_text(sample, letter=True), add_special_tokens=False).ids
                 letters[j] = letter
             ids = tokenizer.encode(text, add_special_tokens=False).ids
             if len(ids) > MAX_PROMPT_TOKENS or len(answer) > MAX_ANSWER_TOKENS:
@@ -690,7 +722,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             args.prefetch = max(1, fit)
             args.workers = min(args.workers, max(1, int(0.5 * free) // batch_bytes))
     stream = TrainStream(
-        args.seed, args.batch_size, args.size, args.frames, str(out / "tokenizer.json"), args.open_fraction
+        args.seed,
+        args.batch_size,
+        args.size,
+        args.frames,
+        str(out / "tokenizer.json"),
+        args.open_fraction,
+        args.copy_fraction,
     )
     loader = torch.utils.data.DataLoader(
         stream,
@@ -961,6 +999,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init", help="start from this checkpoint's model.safetensors (a continued run)")
     parser.add_argument(
         "--open-fraction", type=float, default=0.25, help="training questions asked without options"
+    )
+    parser.add_argument(
+        "--copy-fraction", type=float, default=0.15, help='training questions "Which option says ...?"'
     )
     parser.add_argument("--workers", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)))
     parser.add_argument("--eval-workers", type=int, default=min(16, os.cpu_count() or 1))
