@@ -13,10 +13,14 @@ from pathlib import Path
 import torch
 import transformers
 
+from prunevid import synthetic_qa
 from prunevid.config import PRESETS, PruneVidConfig
 from prunevid.pipeline import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, Answer, ask, load
 from prunevid.qwen2_5_vl import attach, pruner_of
 from prunevid.reference_methods import METHODS
+
+# Where `prunevid eval synthetic` writes the held-out set when no --data is given.
+SYNTHETIC_DATA = Path("prunevid-eval") / "synthetic-data"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,11 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     ask_cmd.set_defaults(run=_run_ask)
 
     demo = commands.add_parser(
-        "demo", help="offline: a generated clip and a tiny local model, stock vs a preset side by side"
+        "demo",
+        help="offline: a generated clip, a question about it and the small model trained on such clips, "
+        "stock vs a preset side by side",
     )
     _add_common(demo)
-    demo.add_argument("--frames", type=int, default=16, help="frames of the generated clip (default 16)")
-    demo.set_defaults(run=_run_demo, max_new_tokens=8)
+    demo.add_argument(
+        "--sample", type=int, default=0, help="which held-out question of the synthetic benchmark (default 0)"
+    )
+    demo.set_defaults(run=_run_demo, max_new_tokens=16)
     _add_eval(commands)
     return parser
 
@@ -72,9 +80,16 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "benchmark", choices=BENCHMARKS, help="egoschema is the 500-question subset with answers"
     )
-    command.add_argument("--data", required=True, help="the benchmark's folder, as downloaded from the hub")
     command.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint (default {DEFAULT_MODEL})"
+        "--data",
+        type=Path,
+        help="the benchmark's folder, as downloaded from the hub (synthetic: written there if missing; "
+        f"default {SYNTHETIC_DATA})",
+    )
+    command.add_argument(
+        "--model",
+        help=f"hub id or local checkpoint (default {DEFAULT_MODEL}; for synthetic, the small model trained "
+        "on it that ships with prunevid)",
     )
     command.add_argument(
         "--presets",
@@ -117,14 +132,24 @@ def _run_eval(args: argparse.Namespace) -> int:
             "--retention auto matches paper's retention: add paper to --presets or give a number"
         )
     retention = None if args.retention == "auto" else float(args.retention)
+    synthetic = args.benchmark == "synthetic"
+    if args.data is None and not synthetic:
+        raise ValueError(f"--data is required for {args.benchmark}: the benchmark's downloaded folder")
+    data = args.data or SYNTHETIC_DATA
+    if synthetic and not (data / synthetic_qa.INDEX_FILE).is_file():
+        print(f"prunevid: writing the synthetic held-out set to {data}", file=sys.stderr)
+        synthetic_qa.write_eval_set(data)
+    model_id = args.model or (synthetic_qa.MODEL_DIR if synthetic else DEFAULT_MODEL)
     try:
-        samples = read_benchmark(args.benchmark, args.data)  # bad data fails before the model loads
+        samples = read_benchmark(args.benchmark, data)  # bad data fails before the model loads
     except ImportError as error:
         print(f"prunevid: error: {error}", file=sys.stderr)
         return 2
-    out = args.out or Path("prunevid-eval") / f"{args.benchmark}-{Path(str(args.model).rstrip('/')).name}"
-    kwargs = {"device_map": "auto"} if torch.cuda.is_available() else {}
-    model, processor, pruner = load(args.model, PruneVidConfig.preset("baseline"), **kwargs)
+    out = args.out or Path("prunevid-eval") / f"{args.benchmark}-{Path(str(model_id).rstrip('/')).name}"
+    kwargs: dict = {"device_map": "auto"} if torch.cuda.is_available() else {}
+    if synthetic and not torch.cuda.is_available():
+        kwargs["dtype"] = torch.float32  # the small model in float32: faster than bfloat16 on a CPU
+    model, processor, pruner = load(model_id, PruneVidConfig.preset("baseline"), **kwargs)
     pruner.detach()  # evaluate() attaches each preset in turn
     run = functools.partial(
         evaluate,
@@ -181,36 +206,40 @@ def _run_ask(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    # Imported here: only the demo needs the tiny model and the clip generator.
-    from prunevid.synthetic import make_clip, write_video
-    from prunevid.tiny import ensure_tiny_checkpoint
+    from prunevid.evaluation import extract_choice, format_prompt
+    from prunevid.synthetic import write_video
 
-    checkpoint = ensure_tiny_checkpoint()
-    model, processor, pruner = load(checkpoint, PruneVidConfig.preset("baseline"), dtype=torch.float32)
-    question = "What moves in this video, and what happens at the end?"
+    if args.sample < 0:
+        raise ValueError(f"--sample must be >= 0, got {args.sample}")
+    checkpoint = synthetic_qa.MODEL_DIR
+    model, processor, _ = load(checkpoint, PruneVidConfig.preset("baseline"), dtype=torch.float32)
+    sample = synthetic_qa.make_sample(synthetic_qa.EVAL_SEED, args.sample)
+    question = format_prompt(sample.question, sample.options)
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        video = write_video(
-            make_clip(args.frames, 224, 224, seed=0, scene_cut_at=args.frames // 2), Path(folder) / "demo.mp4"
-        )
+        video = write_video(sample.frames, Path(folder) / "demo.mp4", fps=synthetic_qa.FPS)
         for name in ("baseline", args.preset):
             pruner = pruner_of(model)
             if pruner is not None:
                 pruner.detach()
             attach(model, PruneVidConfig.preset(name))
-            results[name] = ask(
-                model, processor, video, question, num_frames=args.frames, max_new_tokens=args.max_new_tokens
-            )
+            results[name] = ask(model, processor, video, question, max_new_tokens=args.max_new_tokens)
+    chosen = {name: extract_choice(answer.text, sample.options) for name, answer in results.items()}
     if args.json:
-        print(json.dumps({"question": question, "results": {k: v.to_dict() for k, v in results.items()}}))
+        record = {
+            "question": question,
+            "gold": sample.answer,
+            "results": {k: {**v.to_dict(), "choice": chosen[k]} for k, v in results.items()},
+        }
+        print(json.dumps(record))
         return 0
-    print("prunevid demo: a generated clip (moving shapes on a textured background, a scene cut) and a tiny")
-    print("RANDOM-WEIGHT Qwen2.5-VL built locally: its answers are meaningless; the token counts and the")
-    print("mechanics are real. For answers: prunevid ask VIDEO QUESTION --model Qwen/Qwen2.5-VL-7B-Instruct")
-    print(f"question: {question}")
+    print("prunevid demo: a generated clip (shapes on a textured background, some moving; appear, disappear,")
+    print(f"change colour, scene cuts) and a small Qwen2.5-VL trained on such clips ({checkpoint}).")
+    print(f"\n{question}\ncorrect answer: {sample.answer}")
     for name, answer in results.items():
         label = "stock (baseline)" if name == "baseline" else name
-        print(f"\n[{label}] answer: {answer.text!r}")
+        verdict = "right" if chosen[name] == sample.answer else "wrong"
+        print(f"\n[{label}] answer: {answer.text!r} -> {chosen[name] or 'no choice'} ({verdict})")
         print(summary(name, answer))
     return 0
 

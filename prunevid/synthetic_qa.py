@@ -47,6 +47,7 @@ __all__ = [
     "EVAL_SEED",
     "FPS",
     "INDEX_FILE",
+    "MODEL_DIR",
     "NUMBERS",
     "QUESTION_TEMPLATES",
     "QUESTION_TYPES",
@@ -86,6 +87,8 @@ FPS = 2.0
 TRAIN_SEED = 1
 EVAL_SEED = 20_261_127  # never used for training
 INDEX_FILE = "synthetic.json"
+# The small Qwen2.5-VL trained on this generator (benchmarks/train_synthetic.py), shipped with the package.
+MODEL_DIR = Path(__file__).resolve().parent / "data" / "synthetic-model"
 _FORMAT_VERSION = 1
 _STEP = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 

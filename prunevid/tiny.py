@@ -13,10 +13,7 @@ Used by the tests and by the offline ``prunevid demo``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +35,6 @@ __all__ = [
     "TEXT_SIZES",
     "VISION_SIZES",
     "build_tiny_checkpoint",
-    "default_checkpoint_dir",
-    "ensure_tiny_checkpoint",
     "parameter_shapes",
     "write_model_files",
 ]
@@ -570,43 +565,3 @@ def build_tiny_checkpoint(path: str | Path, *, seed: int = 0, num_hidden_layers:
     weights = _random_weights(parameter_shapes(info["vocab_size"], num_hidden_layers), seed)
     _write_safetensors(weights, path / "model.safetensors")
     return path
-
-
-def default_checkpoint_dir() -> Path:
-    """Where ``ensure_tiny_checkpoint`` keeps the demo checkpoint.
-
-    ``$PRUNEVID_CACHE/tiny-qwen2_5_vl-v<N>`` if ``PRUNEVID_CACHE`` is set, else
-    ``$XDG_CACHE_HOME/prunevid/...`` or ``~/.cache/prunevid/...``.
-    """
-    root = os.environ.get("PRUNEVID_CACHE")
-    if root:
-        base = Path(root).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "prunevid"
-    return base / f"tiny-qwen2_5_vl-v{_FORMAT_VERSION}"
-
-
-def ensure_tiny_checkpoint(path: str | Path | None = None) -> Path:
-    """Return ``path`` (default ``default_checkpoint_dir()``), building the tiny checkpoint there if missing.
-
-    Built in a temporary sibling directory and renamed into place, so a concurrent or interrupted
-    build never leaves a half-written checkpoint behind.
-    """
-    target = Path(path) if path is not None else default_checkpoint_dir()
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build_tiny_checkpoint(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process won the race (target now exists and is complete): keep theirs.
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target

@@ -139,6 +139,19 @@ def test_shapes_are_drawn_in_their_colour_and_backgrounds_are_greyish() -> None:
         assert max(rgb) - min(rgb) > 120
 
 
+def test_object_map_marks_exactly_the_pixels_drawn_in_each_object_colour() -> None:
+    for index in range(12):
+        sample = qa.make_sample(4, index, **SMALL)
+        ids = qa.object_map(sample.scene)
+        assert ids.shape == sample.frames.shape[:3]
+        for number, obj in enumerate(sample.scene.shapes):
+            for t in range(sample.scene.num_frames):
+                drawn = ids[t] == number
+                assert drawn.any() == (obj.on <= t < obj.off)
+                if drawn.any():
+                    assert (sample.frames[t][drawn] == qa.COLOURS[obj.colour_at(t)]).all()
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         qa.make_sample(0, 0, size=100)
@@ -263,13 +276,17 @@ def test_training_batches(files: Path, script: ModuleType) -> None:
     from tokenizers import Tokenizer
     from transformers import AutoProcessor
 
+    from prunevid.evaluation import extract_choice
+
     tokenizer = Tokenizer.from_file(str(files / "tokenizer.json"))
-    stream = script.TrainStream(1, 8, 112, 8, str(files / "tokenizer.json"), open_fraction=0.5)
+    stream = script.TrainStream(
+        1, 12, 112, 8, str(files / "tokenizer.json"), open_fraction=0.3, copy_fraction=0.3
+    )
     first, again, other = stream.batch(3, tokenizer), stream.batch(3, tokenizer), stream.batch(4, tokenizer)
     for key in first:
         assert torch.equal(first[key], again[key]), key  # batch k depends only on (seed, k)
     assert not torch.equal(first["frames"], other["frames"])
-    assert first["frames"].shape == (8, 8, 112, 112, 3) and first["frames"].is_shared()
+    assert first["frames"].shape == (12, 8, 112, 112, 3) and first["frames"].is_shared()
 
     processor = AutoProcessor.from_pretrained(files)
     prompt_ids = script.PromptIds(processor, 4 * 4 * 4)
@@ -284,16 +301,60 @@ def test_training_batches(files: Path, script: ModuleType) -> None:
         assert torch.equal(ids[i, -k:][kept], targets[i][kept]) and int(kept.sum()) == len(answer) + 1
         text = processor.tokenizer.decode(prompts[i])
         letter = int(first["letters"][i])
-        if letter >= 0:  # multiple choice: the letter, and the harness's prompt
+        decoded = processor.tokenizer.decode(answer)
+        if letter >= 0:  # multiple choice: the harness's prompt, the answer ends "option (letter)"
             assert text.endswith(script.ANSWER_INSTRUCTION) and f"{'ABCD'[letter]}. " in text
             option = text.split(f"{'ABCD'[letter]}. ")[1].split("\n")[0]
-            assert processor.tokenizer.decode(answer) == f"{option} ({'ABCD'[letter]})"
-        else:  # open: the gold option's text
+            assert decoded.endswith(f"{option} ({'ABCD'[letter]})")
+            assert extract_choice(decoded, text.split("\n")[1:5]) == "ABCD"[letter]
+        elif letter == -2:  # "Which option says X?": X and its letter
+            assert text.startswith("Which option says ") and text.endswith(script.ANSWER_INSTRUCTION)
+            option = text.removeprefix("Which option says ").split("?\n")[0]
+            assert f"\n{decoded[-2]}. {option}\n" in text and decoded == f"{option} ({decoded[-2]})"
+        else:  # open: no options, the answer without a letter
             assert text.endswith(script.OPEN_INSTRUCTION) and "A. " not in text
-            assert processor.tokenizer.decode(answer) in qa.COLOURS.keys() | set(qa.SHAPES) | set(
-                qa.DIRECTIONS
-            ) | set(qa.NUMBERS) or processor.tokenizer.decode(answer).startswith("the ")
-    assert (first["letters"] < 0).any() and (first["letters"] >= 0).any()
+            assert "(" not in decoded and decoded
+    assert {-2, -1} < set(first["letters"].tolist()) and (first["letters"] >= 0).any()
+
+
+def test_token_targets_name_what_each_token_shows(script: ModuleType) -> None:
+    for index in range(12):
+        sample = qa.make_sample(6, index)
+        labels = script.token_targets(sample.scene)  # [T/2, 8, 8, 3]
+        assert labels.shape == (8, 8, 8, 3)
+        for pair in range(8):
+            cells = sample.frames[2 * pair : 2 * pair + 2].reshape(2, 8, 28, 8, 28, 3)
+            for gy, gx in zip(*np.nonzero(labels[pair, :, :, 0]), strict=True):
+                colour, shape, motion = (int(v) for v in labels[pair, gy, gx])
+                rgb = np.array(qa.COLOURS[script.COLOUR_CLASSES[colour]])
+                share = (cells[:, gy, :, gx, :] == rgb).all(-1).mean()
+                assert share >= 0.15  # the named colour covers the token
+                obj = next(
+                    o for o in sample.scene.shapes if o.colour_at(2 * pair) == script.COLOUR_CLASSES[colour]
+                )
+                assert script.SHAPE_CLASSES[shape] == obj.shape
+                moving = script.MOTION_CLASSES[motion]
+                assert (moving == "still") == (obj.velocity == (0.0, 0.0))
+        # every object on screen in a frame pair shows in at least one token of it
+        for obj in sample.scene.shapes:
+            for pair in range(obj.on // 2, (obj.off + 1) // 2):
+                assert (labels[pair, :, :, 1] == script.SHAPE_CLASSES.index(obj.shape)).any()
+
+
+@pytest.mark.parametrize("index", range(24))
+def test_training_answers_restate_the_question_and_the_harness_reads_their_letter(
+    script: ModuleType, index: int
+) -> None:
+    from prunevid.evaluation import extract_choice
+
+    sample = qa.make_sample(3, index)
+    answer = script.answer_text(sample, letter=True)
+    gold_text = sample.options["ABCD".index(sample.answer)]
+    assert answer.endswith(f"{gold_text} ({sample.answer})")
+    assert extract_choice(answer, sample.options) == sample.answer
+    assert script.answer_text(sample, letter=False) == answer.removesuffix(f" ({sample.answer})")
+    if sample.question_type in ("colour", "direction"):
+        assert sample.question.split("the ")[1].split(" move")[0].rstrip("?") in answer
 
 
 def test_degrade_only_touches_the_chosen_clips(script: ModuleType) -> None:
@@ -358,3 +419,36 @@ def test_eval_command_on_the_synthetic_benchmark(
     assert len(rows) == 6 and all(r["error"] is None and r["num_frames"] == 8 for r in rows)
     summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
     assert set(summary["presets"]["baseline"]["groups"]) == set(qa.QUESTION_TYPES)
+
+
+def test_the_shipped_model_loads_and_answers_with_an_option(eval_set: Path) -> None:
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from prunevid import ask
+    from prunevid.evaluation import extract_choice, format_prompt
+
+    assert (qa.MODEL_DIR / "model.safetensors").stat().st_size <= 20 * 2**20
+    log = json.loads((qa.MODEL_DIR / "training_log.json").read_text())
+    assert log["held_out"]["count"] == 1000 and log["eval_seed"] == qa.EVAL_SEED
+    model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        qa.MODEL_DIR, dtype=torch.float32, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    processor = AutoProcessor.from_pretrained(qa.MODEL_DIR)
+    for sample in read_benchmark("synthetic", eval_set)[:3]:
+        answer = ask(model.eval(), processor, sample.video, format_prompt(sample.question, sample.options))
+        assert extract_choice(answer.text, sample.options) is not None, answer.text
+
+
+def test_eval_synthetic_defaults_to_the_shipped_model_and_needs_data_elsewhere(
+    eval_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from prunevid.cli import main
+
+    out = tmp_path / "eval"
+    argv = ["eval", "synthetic", "--data", str(eval_set), "--out", str(out), "--presets", "baseline,paper"]
+    assert main([*argv, "--limit", "4"]) == 0
+    summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == str(qa.MODEL_DIR) and summary["presets"]["paper"]["scored"] == 4
+    assert main(["eval", "mvbench", "--presets", "baseline"]) == 2
+    assert "--data is required for mvbench" in capsys.readouterr().err

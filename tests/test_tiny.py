@@ -17,8 +17,6 @@ from prunevid.synthetic import make_clip, write_video
 from prunevid.tiny import (
     SPECIAL_TOKENS,
     build_tiny_checkpoint,
-    default_checkpoint_dir,
-    ensure_tiny_checkpoint,
 )
 from prunevid.video import VideoClip
 
@@ -89,17 +87,6 @@ def test_build_is_deterministic(tmp_path: Path, tiny_checkpoint: Path) -> None:
         assert (tiny_checkpoint / name).read_bytes() == (again / name).read_bytes(), name
     assert (other / "model.safetensors").read_bytes() != (again / "model.safetensors").read_bytes()
     assert (other / "tokenizer.json").read_bytes() == (again / "tokenizer.json").read_bytes()
-
-
-def test_ensure_tiny_checkpoint_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PRUNEVID_CACHE", str(tmp_path / "cache"))
-    target = default_checkpoint_dir()
-    assert target.parent == tmp_path / "cache"
-    assert ensure_tiny_checkpoint() == target
-    stamp = (target / "model.safetensors").stat().st_mtime_ns
-    assert ensure_tiny_checkpoint() == target
-    assert (target / "model.safetensors").stat().st_mtime_ns == stamp
-    assert [p.name for p in target.parent.iterdir()] == [target.name], "temporary build left behind"
 
 
 def test_chat_template(tiny_processor: Any) -> None:
