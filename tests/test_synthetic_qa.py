@@ -452,3 +452,23 @@ def test_eval_synthetic_defaults_to_the_shipped_model_and_needs_data_elsewhere(
     assert summary["model"] == str(qa.MODEL_DIR) and summary["presets"]["paper"]["scored"] == 4
     assert main(["eval", "mvbench", "--presets", "baseline"]) == 2
     assert "--data is required for mvbench" in capsys.readouterr().err
+
+
+def test_eval_synthetic_reproduces_the_committed_answers(tmp_path: Path) -> None:
+    """The first questions of the committed method comparison, rerun here: the same letters per preset."""
+    from prunevid.cli import main
+
+    committed = json.loads((ROOT / "benchmarks/results/synthetic_eval.json").read_text())
+    data = qa.write_eval_set(tmp_path / "data", 6, workers=1)
+    out = tmp_path / "eval"
+    presets = ("baseline", "paper", "stage1_only", "stage2_only")
+    assert (
+        main(["eval", "synthetic", "--data", str(data), "--out", str(out), "--presets", ",".join(presets)])
+        == 0
+    )
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    for preset in presets:
+        mine = sorted(
+            (r for r in rows if r["preset"] == preset), key=lambda r: int(r["id"].rsplit("-", 1)[1])
+        )
+        assert "".join(r["prediction"] or "-" for r in mine) == committed["answers"][preset][:6], preset
