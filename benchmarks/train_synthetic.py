@@ -197,7 +197,6 @@ class PromptIds:
         self.suffix = tokenizer(tail, add_special_tokens=False)["input_ids"]
         self.im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad = tokenizer.pad_token_id
-        self.video = tokenizer.convert_tokens_to_ids("<|video_pad|>")
 
     def batch(
         self, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]] | None
