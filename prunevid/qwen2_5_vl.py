@@ -75,6 +75,7 @@ class _Video:
     slot_end: int = 0
     groups: Tensor | None = None  # [n'] Stage-2 budget group per slot
     tokens_after_stage1: int = 0
+    merged_into: Tensor | None = None  # [n] Stage 1: prompt index of each source token's representative
 
 
 @dataclass
@@ -263,7 +264,11 @@ class Pruner:
                     prompt_length=length,
                     videos=[
                         VideoStats(
-                            v.end - v.start, v.end - v.start, v.end - v.start, list(range(v.start, v.end))
+                            v.end - v.start,
+                            v.end - v.start,
+                            v.end - v.start,
+                            list(range(v.start, v.end)),
+                            list(range(v.start, v.end)),
                         )
                         for v in sample
                     ],
@@ -371,6 +376,9 @@ class Pruner:
                 pieces_origin.append(video.start + representative)
                 video.groups = budget_groups(result.frame_index, result.segment_id, result.is_static)
                 video.tokens_after_stage1 = len(representative)
+                source_of = result.assignment.to(embeds.device)  # -1: a reference method dropped it
+                merged = video.start + representative[source_of.clamp(min=0)]
+                video.merged_into = torch.where(source_of >= 0, merged, -1)
                 any_merged |= len(representative) != video.end - video.start
                 cursor = video.end
             pieces_embeds.append(embeds[b, cursor:])
@@ -420,6 +428,8 @@ class Pruner:
                 stats = state.stats.samples[b].videos[v]
                 stats.tokens_after_stage1 = stats.tokens_after_stage2 = video.tokens_after_stage1
                 stats.kept_indices = origin[video.slot_start : video.slot_end].tolist()
+                if video.merged_into is not None:
+                    stats.merged_into = video.merged_into.tolist()
 
     # ----------------------------------------------------------------- Stage 2 and 3 (layer M)
     def _prepare_stage2(self, state: _Prefill) -> None:

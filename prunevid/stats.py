@@ -15,12 +15,17 @@ class VideoStats:
         tokens_after_stage2: tokens left after Stage 2 (``tokens_after_stage1`` when it is off or skipped).
         kept_indices: position in the original prompt of each token that reached the last layer (a merged
             token is named by its representative source token), increasing.
+        merged_into: for each source token of the video, in grid order (t, row, col), the position in the
+            original prompt of the representative of the Stage-1 token that contains it: its own position
+            when Stage 1 is off, -1 for a token a reference method dropped before the LLM. With
+            ``kept_indices`` it shows which parts of the video the LLM still saw.
     """
 
     tokens_in: int
     tokens_after_stage1: int
     tokens_after_stage2: int
     kept_indices: list[int] = field(default_factory=list)
+    merged_into: list[int] = field(default_factory=list)
 
     @property
     def retention(self) -> float:

@@ -95,6 +95,10 @@ def test_every_method_generates_at_its_retention(
         else:
             expected = max(1, round(0.25 * stats.tokens_in))
         assert stats.tokens_after_stage2 == expected
+        # Dropping methods keep each token whole (it is its own representative) or drop it (-1).
+        kept_before_llm = [i for i in stats.merged_into if i >= 0]
+        assert len(stats.merged_into) == stats.tokens_in
+        assert len(kept_before_llm) == len(set(kept_before_llm)) == stats.tokens_after_stage1
 
 
 def test_fastv_ranks_by_the_last_prompt_token(

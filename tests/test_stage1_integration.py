@@ -53,6 +53,8 @@ def test_merging_nothing_is_bit_identical_to_stock(
     assert torch.equal(logits, stock_logits) and torch.equal(ours.sequences, stock.sequences)
     assert all(torch.equal(a, b) for a, b in zip(ours.logits, stock.logits, strict=True))
     assert pruner.last_stats.video_tokens_after_stage1 == pruner.last_stats.video_tokens_in
+    for sample in pruner.last_stats.samples:
+        assert sample.videos[0].merged_into == sample.videos[0].kept_indices
 
 
 @pytest.mark.parametrize("prompt", ["single", "padded"])
@@ -83,6 +85,15 @@ def test_merged_tokens_sit_at_their_representatives_positions(
         assert torch.equal(merged_positions, stock["position_ids"][-3:, b, representatives])
         # In (t, h, w) raster order, and the mask still marks them as real tokens.
         assert torch.all(torch.diff(representatives) > 0)
+        # merged_into names every source token's merged token; that token is the mean of its sources.
+        merged_into = torch.tensor(sample.videos[0].merged_into)
+        sources = torch.nonzero(video[b]).flatten()
+        assert len(merged_into) == len(sources) and set(merged_into.tolist()) == set(representatives.tolist())
+        assert torch.equal(merged_into[representatives - sources[0]], representatives)
+        members_mean = torch.stack(
+            [stock["inputs_embeds"][b, sources[merged_into == r]].float().mean(0) for r in representatives]
+        )
+        torch.testing.assert_close(merged["inputs_embeds"][b, slots[~is_text]].float(), members_mean)
         if merged.get("attention_mask") is not None:
             assert merged["attention_mask"][b, slots[~is_text]].all()
 
@@ -100,6 +111,10 @@ def test_generated_clip_end_to_end(models: dict[str, Any], tiny_processor: Any, 
     stats = pruner.last_stats
     assert stats.video_tokens_in == 8 * 6 * 6
     assert stats.video_tokens_after_stage2 < stats.video_tokens_after_stage1 < stats.video_tokens_in
+    video = stats.samples[0].videos[0]
+    assert len(video.merged_into) == video.tokens_in
+    assert len(set(video.merged_into)) == video.tokens_after_stage1
+    assert set(video.kept_indices) < set(video.merged_into)
 
 
 def test_two_videos_in_one_prompt_are_merged_separately(models: dict[str, Any], tiny_processor: Any) -> None:
