@@ -29,11 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"size": 112, "num_frames": 8}
 
 
-def _load_script() -> ModuleType:
-    """Import ``benchmarks/train_synthetic.py`` (not a package) under a private module name."""
-    spec = importlib.util.spec_from_file_location(
-        "_prunevid_train_synthetic", ROOT / "benchmarks/train_synthetic.py"
-    )
+def _load_script(name: str = "train_synthetic") -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (not a package) under a private module name."""
+    spec = importlib.util.spec_from_file_location(f"_prunevid_{name}", ROOT / f"benchmarks/{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -365,6 +363,67 @@ def test_degrade_only_touches_the_chosen_clips(script: ModuleType) -> None:
     assert 0 < sum(changed) < 8
     assert (out - frames.float()).abs().mean() < 4 and out.min() >= 0 and out.max() <= 255
     assert torch.equal(script.degrade(frames, generator, fraction=0.0), frames.float())
+
+
+def test_token_dropout_hides_video_tokens_as_if_they_were_removed(files: Path, script: ModuleType) -> None:
+    video_id = 7
+    ids = torch.tensor([[1, 2] + [video_id] * 40 + [3, 4]] * 6)
+    mask = torch.ones_like(ids)
+    mask[1, :1] = 0  # left padding stays hidden
+    dropped = script.drop_video_tokens(ids, mask, video_id, torch.Generator().manual_seed(0), fraction=0.5)
+    changed = (dropped != mask).any(-1)
+    assert 0 < int(changed.sum()) < 6  # about half the rows
+    assert torch.equal(dropped[ids != video_id], mask[ids != video_id])  # text and padding untouched
+    assert bool((dropped <= mask).all())
+    again = script.drop_video_tokens(ids, mask, video_id, torch.Generator().manual_seed(0), fraction=0.5)
+    assert torch.equal(again, dropped)
+    none = script.drop_video_tokens(ids, mask, video_id, torch.Generator().manual_seed(0), fraction=0.0)
+    assert torch.equal(none, mask)
+
+    # With explicit positions, a hidden key is a removed token: the rows after it do not change.
+    model = script.build_model(files, seed=0).eval()
+    language_model = model.model.language_model
+    length = ids.shape[1]
+    embeds = torch.randn(
+        1, length, language_model.config.hidden_size, generator=torch.Generator().manual_seed(1)
+    )
+    positions = torch.arange(length).expand(3, 1, length)
+    hidden = torch.ones(1, length, dtype=torch.long)
+    hidden[0, 5:30:3] = 0
+    keep = hidden[0].bool()
+    with torch.no_grad():
+        masked = language_model(inputs_embeds=embeds, attention_mask=hidden, position_ids=positions)
+        removed = language_model(inputs_embeds=embeds[:, keep], position_ids=positions[:, :, keep])
+    torch.testing.assert_close(
+        masked.last_hidden_state[:, keep][:, -4:], removed.last_hidden_state[:, -4:], atol=1e-5, rtol=1e-5
+    )
+
+
+def test_kept_token_maps_count_the_objects_the_llm_still_sees() -> None:
+    maps = _load_script("kept_token_maps")
+    sample = qa.make_sample(1, 3, **SMALL)
+    n = 4 * 4 * 4  # 8 frames of 112x112: 4 frame pairs of 4x4 tokens
+    identity = np.arange(n)
+    unpruned = maps.survival(sample.scene, identity, set(range(n)))
+    survived, total = unpruned["stage1"]
+    assert survived == total > 0 and unpruned["stage2"] == unpruned["stage1"]
+    objects = len(sample.scene.shapes)
+    assert unpruned["stage1_objects"] == unpruned["stage2_objects"] == (objects, objects)
+    # Everything averaged into one token: the objects are diluted into the background.
+    one_token = maps.survival(sample.scene, np.zeros(n, dtype=np.int64), {0})
+    assert one_token["stage1"][0] < total and one_token["stage1"][1] == total
+    # Stage 2 dropping every token: seen after Stage 1, gone after Stage 2.
+    dropped = maps.survival(sample.scene, identity, set())
+    assert dropped["stage1"] == unpruned["stage1"] and dropped["stage2"] == (0, total)
+    assert dropped["stage2_objects"] == (0, objects)
+
+    colours = maps.token_colours(sample.frames)
+    assert colours.shape == (n, 3)
+    image = maps.paint(colours, identity, None, (4, 4, 4))
+    assert image.shape == (4, 112, 112, 3)
+    expected = sample.frames[0:2, 28:56, 56:84].reshape(-1, 3).mean(0)  # frame pair 0, row 1, column 2
+    assert np.abs(image[0, 28:56, 56:84].astype(float) - expected).max() <= 1.0
+    assert not maps.paint(colours, identity, set(), (4, 4, 4)).any()  # nothing kept: black
 
 
 # ------------------------------------------------------------------------------------------------------
