@@ -12,10 +12,9 @@ layer after Stage 2 (dropped tokens black). It re-runs the preset on those quest
 ``kept_indices``.
 
 It also counts, over the first ``--survival-limit`` questions (split into those the preset lost, those
-it kept right, and all), how many object appearances survive each stage: an
-object visible in a frame pair (at least 15% of some token's pixels) survives if some token the LLM sees
-takes at least half of its pixels from that object in that pair. The ground truth comes from the scene
-(:func:`prunevid.synthetic_qa.make_sample` regenerates it from the question id). Writes the counts to
+it kept right, and all), how many object appearances survive each stage (see :func:`survival`). The
+ground truth comes from the scene (:func:`prunevid.synthetic_qa.make_sample` regenerates it from the
+question id). Writes the counts to
 ``--json`` (default ``benchmarks/results/synthetic_kept_tokens.json``, which ``report_synthetic.py`` adds
 to ``docs/synthetic.md``) and prints them.
 """
@@ -36,24 +35,27 @@ ROOT = Path(__file__).resolve().parents[1]
 MERGE = 28  # pixels per LLM token side (14-pixel patches merged 2x2)
 
 
-def token_colours(frames: np.ndarray) -> np.ndarray:
-    """Mean RGB of each LLM token's pixels over its two frames, in the vision tower's token order (frame
-    pair, row, column): ``uint8 [T, S, S, 3]`` -> ``float64 [T/2 * g * g, 3]`` with ``g = S / 28``."""
-    t, s = frames.shape[0], frames.shape[1]
+def token_cells(pixels: np.ndarray) -> np.ndarray:
+    """The pixels of each LLM token (its ``28 x 28`` cell over its two frames), in the vision tower's
+    token order (frame pair, row, column): ``[T, S, S, ...]`` -> ``[T/2 * g * g, 2 * 28 * 28, ...]``
+    with ``g = S / 28``."""
+    t, s, rest = pixels.shape[0], pixels.shape[1], pixels.shape[3:]
     g = s // MERGE
-    cells = frames.reshape(t // 2, 2, g, MERGE, g, MERGE, 3).astype(np.float64)
-    return cells.mean(axis=(1, 3, 5)).reshape(-1, 3)
+    cells = pixels.reshape(t // 2, 2, g, MERGE, g, MERGE, *rest).swapaxes(1, 2).swapaxes(2, 4)
+    return cells.reshape(t // 2 * g * g, 2 * MERGE * MERGE, *rest)
+
+
+def token_colours(frames: np.ndarray) -> np.ndarray:
+    """Mean RGB of each LLM token's pixels: ``uint8 [T, S, S, 3]`` -> ``float64 [T/2 * g * g, 3]``."""
+    return token_cells(frames).mean(axis=1, dtype=np.float64)
 
 
 def object_shares(scene: Any) -> np.ndarray:
     """Fraction of each token's pixels (over its frame pair) drawn by each object: ``[objects, n_tokens]``."""
     from prunevid.synthetic_qa import object_map
 
-    ids = object_map(scene)
-    t, s = ids.shape[0], ids.shape[1]
-    g = s // MERGE
-    cells = ids.reshape(t // 2, 2, g, MERGE, g, MERGE).transpose(0, 2, 4, 1, 3, 5).reshape(t // 2 * g * g, -1)
-    return np.stack([(cells == k).mean(-1) for k in range(len(scene.shapes))]).reshape(len(scene.shapes), -1)
+    cells = token_cells(object_map(scene))
+    return np.stack([(cells == k).mean(-1) for k in range(len(scene.shapes))])
 
 
 def survival(scene: Any, merged_into: np.ndarray, kept: set[int]) -> dict[str, tuple[int, int]]:
