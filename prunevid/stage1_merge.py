@@ -372,14 +372,13 @@ def merge_video(
     n_tokens, channels = features.shape
     device = features.device
 
-    # One float32 buffer: the last T' rows are the frames, the S (<= T') rows just before them get the
-    # segment means, so "segment means then frames" is one contiguous [S + T', L, C] tensor, no copy.
-    buffer = torch.empty(2 * n_frames, n_pos, channels, dtype=torch.float32, device=device)
-    frames = buffer[n_frames:]
-    frames.copy_(features.reshape(n_frames, n_pos, channels))
+    # Decisions (segments, static test, clusters) are discrete: they read a detached copy, so autograd
+    # records only the means that build the merged tokens.
+    frames = features.reshape(n_frames, n_pos, channels).float()
+    decide = frames.detach()
 
     # 1a. Segments (host sync 1: the segment layout sets the shapes below).
-    frame_segments_cpu = _segment_frames_cpu(frames.mean(1), config.temporal_segment_ratio, config.dpc_knn_k)
+    frame_segments_cpu = _segment_frames_cpu(decide.mean(1), config.temporal_segment_ratio, config.dpc_knn_k)
     n_segments = int(frame_segments_cpu[-1]) + 1
     segment_len = torch.bincount(frame_segments_cpu, minlength=n_segments)
     first_frame = segment_len.cumsum(0) - segment_len
@@ -387,7 +386,7 @@ def merge_video(
     membership = (frame_segments[None, :] == torch.arange(n_segments, device=device)[:, None]).float()
 
     # 1b. Static positions (host sync 2: their counts set the number of output tokens).
-    static = _segment_similarity(frames, membership) > config.tau
+    static = _segment_similarity(decide, membership) > config.tau
     n_static = static.sum(1).cpu()
 
     # Groups g < S: static tokens of segment g; g = S + t: dynamic tokens of frame t. Each group is a
@@ -402,17 +401,16 @@ def merge_video(
     # One upload, issued while the device queue is empty: a blocking copy waits for queued kernels.
     keep_dev, base_frame = torch.stack([keep, base_frame]).to(device).unbind(0)
 
-    segment_means = buffer[n_frames - n_segments : n_frames]
-    # 0/1 weights, then divide: exact sums of bf16 tokens even under TF32.
-    torch.mm(membership, frames.reshape(n_frames, -1), out=segment_means.view(n_segments, -1))
-    segment_means /= membership.sum(1)[:, None, None]
-    groups = buffer[n_frames - n_segments :]
+    # 0/1 weights, then divide: exact sums of bf16 tokens even under TF32. Out of place, so gradients flow.
+    segment_sums = (membership @ frames.reshape(n_frames, -1)).view(n_segments, n_pos, channels)
+    segment_means = segment_sums / membership.sum(1)[:, None, None]
+    groups = torch.cat([segment_means, frames])  # "segment means then frames": [S + T', L, C]
     valid = torch.cat([static, ~static[frame_segments]])
     slot = torch.arange(n_pos, device=device)
 
     # 1c. Spatial merge, all groups in one padded batch; skipped outright when no group shrinks.
     if clusters:
-        centre_of, is_centre = _dpc_padded(groups, valid, keep_dev, config.dpc_knn_k)
+        centre_of, is_centre = _dpc_padded(groups.detach(), valid, keep_dev, config.dpc_knn_k)
         members = ((centre_of[:, None, :] == slot[None, :, None]) & valid[:, None, :]).float()
         cluster_size = members.sum(-1)
         # Sum of each cluster's members as a batched 0/1 matrix product: deterministic, unlike a

@@ -41,11 +41,25 @@ class SampleStats:
         prompt_length: tokens of the prompt as the processor made it (padding included).
         videos: one entry per video of the sample, in prompt order.
         stage2_skipped: why Stage 2 did not run for this sample, or None if it ran (or is off).
+        question_rows: prompt positions of the rows whose attention Stage 2 scored (valid rows only).
+        question_source: where those rows came from: ``"user turn"`` (the text of the chat turn that holds
+            the videos, before, between and after them, up to the end of the prompt) or ``"after the last
+            video"`` (a raw prompt without a chat template); None when Stage 2 did not run.
+        stage1_positions: for each row of the sequence that layers ``0..M`` see (after Stage 1), its
+            position in the prompt; -1 for padding rows the pruner added. Rows of
+            ``output_hidden_states[0..M]``.
+        output_positions: for each row after layer ``M`` (the rows of ``logits`` and of
+            ``output_hidden_states[M+1:]``), its position in the prompt; -1 for padding rows. Equal to
+            ``stage1_positions`` when Stage 2 is off, and to ``range(prompt_length)`` when nothing was pruned.
     """
 
     prompt_length: int
     videos: list[VideoStats] = field(default_factory=list)
     stage2_skipped: str | None = None
+    question_rows: list[int] = field(default_factory=list)
+    question_source: str | None = None
+    stage1_positions: list[int] = field(default_factory=list)
+    output_positions: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +72,8 @@ class PruneStats:
         kv_cache_bytes: bytes of all cached keys and values after prefill.
         kv_cache_bytes_unpruned: bytes the cache would hold had nothing been pruned.
         pruning_layer: the LLM layer where Stage 2 selected, or None when it is off.
+        not_pruned: why the pruner left this prompt as stock although a stage is enabled (no video data,
+            ``inputs_embeds`` only, ...), or None.
     """
 
     samples: list[SampleStats] = field(default_factory=list)
@@ -65,6 +81,7 @@ class PruneStats:
     kv_cache_bytes: int = 0
     kv_cache_bytes_unpruned: int = 0
     pruning_layer: int | None = None
+    not_pruned: str | None = None
 
     @property
     def video_tokens_in(self) -> int:
