@@ -1,35 +1,47 @@
-"""Video decoding and frame sampling (OpenCV or PyAV), with the timing metadata Qwen2.5-VL needs.
+"""Video decoding and frame sampling with the rules of the Qwen2.5-VL reference pipeline (qwen-vl-utils).
 
-``load_video`` decodes a file into a ``VideoClip``: RGB ``uint8 [T, H, W, 3]`` frames plus the source frame
-rate, the source frame count and the index of each sampled frame, which is what transformers' Qwen2.5-VL
-processor needs as ``video_metadata`` to compute the time between temporal patches.
+``load_video`` decodes a video file (OpenCV or PyAV) or a folder of frame images into a ``VideoClip``:
+RGB ``uint8 [T, H, W, 3]`` frames plus the source frame rate, the source frame count and the index of each
+sampled frame, which is what transformers' Qwen2.5-VL processor needs as ``video_metadata``.
 
-Sampling rules (``sample_frame_indices``), with ``N`` the number of frames that actually decode:
+Frame count and indices (``plan_frames``), as qwen-vl-utils 0.0.14 ``smart_nframes`` / ``fetch_video``, with
+``N`` the frames that actually decode inside the window:
 
-* by rate (``fps=r``, the default with ``r = 2.0`` like qwen-vl-utils): frame ``k`` is the source frame
-  nearest to time ``k / r`` (``round(k * source_fps / r)``, halves up) for every ``k`` that lands inside
-  the video, starting at frame 0. A rate at or above ``source_fps`` takes every frame.
-* by count (``num_frames=n``): ``n`` indices evenly spaced from the first to the last frame inclusive
-  (``round(linspace(0, N - 1, n))``); ``n`` is capped at ``N``.
-* even count: Qwen2.5-VL groups frames in temporal patches of 2 and pads an odd count by repeating the
-  last frame. By rate, an odd count drops its last frame (the sampling rate stays exact and the video
-  loses at most one sampling interval at its end). By count, an odd ``n`` becomes ``n + 1`` when the video
-  has that many frames (the padded frame would cost the same tokens, so a real frame is better), else
-  ``n - 1`` when that still meets ``min_frames``; otherwise it stays odd.
-* ``min_frames``: when sampling by rate gives fewer than ``min_frames`` frames (a very short video),
-  ``min_frames`` frames are spread over the whole video by the count rule instead. A video with fewer
-  than ``min_frames`` decodable frames is an error.
+* by rate (``fps=r``, default 2.0): ``n = N / source_fps * r`` clamped to ``[min_frames, max_frames]``
+  (4 and 768 by default, each rounded to a multiple of 2 inwards) and to ``N``, then rounded down to even;
+* by count (``num_frames=n``): ``n`` rounded to the nearest even number (halves to even), then capped at
+  ``max_frames`` and at ``N`` (rounded down to even);
+* indices ``round(linspace(first, last, n))`` in float32, halves to even (``torch.linspace(...).round()``):
+  the first and the last frame of the window are always taken;
+* a window ``[start, end]`` in seconds covers source frames ``ceil(start * fps) .. floor(end * fps)``.
+
+A cap that changes what was asked for (more frames than the video has, the 768-frame cap, the 4-frame
+floor, the total pixel budget) is recorded in ``VideoClip.notes`` and issued as a
+:class:`FrameSamplingWarning`. Fewer than 2 frames is an error (Qwen2.5-VL pairs frames).
+
+Frame size (``plan_frame_size``): transformers' own ``smart_resize`` (the function the Qwen2.5-VL
+processor resizes with) with qwen-vl-utils' video budgets: per frame at most ``max_pixels`` (default and
+ceiling ``768 * 28 * 28``), and all frames together at most ``total_pixels`` (``128000 * 28 * 28 * 0.9``,
+counted as in qwen-vl-utils: ``max_pixels <= total_pixels / n * 2``). One deliberate difference:
+``min_pixels`` defaults to the processor's ``56 * 56`` rather than qwen-vl-utils' ``128 * 28 * 28``, so a
+small video is not enlarged (the bundled synthetic model sees its 224x224 clips as trained); pass
+``min_pixels=REFERENCE_MIN_PIXELS`` for qwen-vl-utils' sizes exactly. Frames are resized with bicubic
+interpolation and antialiasing, as qwen-vl-utils does.
 
 The frame count a container reports is only trusted as a first guess: frames are counted as they decode,
-and if the count differs from the claim the indices are recomputed from what decoded.
+and if the count differs from the claim the plan is recomputed from what decoded.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import math
 import numbers
 import os
+import re
+import sys
+import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -39,7 +51,21 @@ import numpy as np
 DEFAULT_FPS = 2.0
 # Qwen2.5-VL: 14-pixel patches merged 2x2, so frame sides must be multiples of 28.
 PATCH_FACTOR = 28
+FRAME_FACTOR = 2  # frames per temporal patch
+MIN_FRAMES = 4
+MAX_FRAMES = 768
+MIN_PIXELS = 56 * 56  # transformers' Qwen2.5-VL processor minimum: no real video is enlarged
+REFERENCE_MIN_PIXELS = 128 * PATCH_FACTOR * PATCH_FACTOR  # qwen-vl-utils' per-frame minimum for video
+MAX_PIXELS = 768 * PATCH_FACTOR * PATCH_FACTOR  # qwen-vl-utils' per-frame maximum for video
+TOTAL_PIXELS = 128000 * PATCH_FACTOR * PATCH_FACTOR * 0.9  # qwen-vl-utils' budget over all frames
+# prunevid's default per-frame budget for `ask`, the CLI and `eval`: 256 LLM tokens a frame.
+DEFAULT_MAX_PIXELS = 448 * 448
 BACKENDS = ("opencv", "pyav")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class FrameSamplingWarning(UserWarning):
+    """A cap or floor changed the frames that were asked for (see ``VideoClip.notes``)."""
 
 
 @dataclass(frozen=True)
@@ -51,12 +77,14 @@ class VideoClip:
         source_fps: frame rate of the source video (frames per second).
         total_num_frames: number of frames in the source video.
         frame_indices: ``int64 [T]`` index of each sampled frame in the source video, increasing.
+        notes: what a cap or floor changed relative to the request (empty when nothing did).
     """
 
     frames: np.ndarray
     source_fps: float
     total_num_frames: int
     frame_indices: np.ndarray
+    notes: tuple[str, ...] = ()
 
     @property
     def sampled_fps(self) -> float:
@@ -78,132 +106,152 @@ class VideoClip:
         }
 
 
-# --------------------------------------------------------------------------------------------------------
-# Pure helpers: pixel budget and frame sampling.
+@dataclass(frozen=True)
+class FramePlan:
+    """Which source frames to take.
 
-
-def fit_to_pixel_budget(
-    height: int,
-    width: int,
-    max_pixels: int,
-    factor: int = PATCH_FACTOR,
-    min_pixels: int = PATCH_FACTOR * PATCH_FACTOR,
-) -> tuple[int, int]:
-    """Frame size ``(h, w)`` with both sides multiples of ``factor`` and ``h * w <= max_pixels``.
-
-    Each side is rounded to the nearest multiple of ``factor`` (at least one ``factor``); if that fits the
-    budget it is the answer. Otherwise the frame is scaled down to ``max_pixels`` (or up to ``min_pixels``)
-    keeping its aspect ratio and rounded again; if rounding up overshoots the budget, the side that
-    overshoots its exact target the most loses one ``factor``, which keeps the aspect ratio as close as the
-    grid allows. ``max_pixels`` is a hard limit; ``min_pixels`` is best effort when the two conflict.
-
-    Returns:
-        ``(h, w)``, multiples of ``factor``, ``factor <= h, w`` and ``h * w <= max_pixels``.
+    Attributes:
+        indices: ``int64 [T]`` increasing source frame indices, ``T`` even and >= 2.
+        notes: what a cap or floor changed relative to the request.
     """
-    if height < 1 or width < 1:
-        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
-    if factor < 1:
-        raise ValueError(f"factor must be >= 1, got {factor}")
-    if max_pixels < factor * factor:
-        raise ValueError(
-            f"max_pixels={max_pixels} is smaller than one {factor}x{factor} patch ({factor * factor} pixels)"
-        )
-    if min_pixels > max_pixels:
-        raise ValueError(f"min_pixels={min_pixels} exceeds max_pixels={max_pixels}")
 
-    h = max(factor, math.floor(height / factor + 0.5) * factor)
-    w = max(factor, math.floor(width / factor + 0.5) * factor)
-    if min_pixels <= h * w <= max_pixels:
-        return h, w  # the frame already fits once snapped to the grid: no scaling, least distortion
-    area = height * width
-    if h * w > max_pixels:
-        scale = min(1.0, math.sqrt(max_pixels / area))
-    else:
-        scale = math.sqrt(min_pixels / area)
-    target_h, target_w = height * scale, width * scale
-    h = max(factor, math.floor(target_h / factor + 0.5) * factor)
-    w = max(factor, math.floor(target_w / factor + 0.5) * factor)
-    if h * w < min_pixels:
-        # Nearest rounding went down on both sides; rounding up is the smallest grid size above the floor.
-        h = max(factor, math.ceil(target_h / factor) * factor)
-        w = max(factor, math.ceil(target_w / factor) * factor)
-    while h * w > max_pixels:
-        if h == factor or w == factor:
-            # One side is pinned at the minimum (extreme aspect ratio): give the other what is left.
-            if h == factor:
-                w = max(factor, max_pixels // (h * factor) * factor)
-            else:
-                h = max(factor, max_pixels // (w * factor) * factor)
-            break
-        if h / target_h >= w / target_w:
-            h -= factor
-        else:
-            w -= factor
-    return h, w
+    indices: np.ndarray
+    notes: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pure helpers: frame count, indices and frame size.
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _is_positive_number(value: object) -> bool:
+    return (
+        isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+
+
 def _check_sampling_args(
-    fps: float | None, num_frames: int | None, min_frames: int
+    fps: float | None, num_frames: int | None, min_frames: int, max_frames: int
 ) -> tuple[float | None, int | None]:
     """Validate the sampling arguments; returns ``(fps, num_frames)`` with the 2-fps default filled in."""
     if fps is not None and num_frames is not None:
         raise ValueError(f"give fps or num_frames, not both (got fps={fps}, num_frames={num_frames})")
     if not _is_int(min_frames) or min_frames < 1:
         raise ValueError(f"min_frames must be an integer >= 1, got {min_frames!r}")
+    if not _is_int(max_frames) or max_frames < FRAME_FACTOR:
+        raise ValueError(f"max_frames must be an integer >= {FRAME_FACTOR}, got {max_frames!r}")
+    if min_frames > max_frames:
+        raise ValueError(f"min_frames={min_frames} exceeds max_frames={max_frames}")
     if num_frames is not None:
-        if not _is_int(num_frames) or num_frames < 1:
-            raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
-        if num_frames < min_frames:
-            raise ValueError(f"num_frames={num_frames} is less than min_frames={min_frames}")
+        if not _is_int(num_frames) or num_frames < FRAME_FACTOR:
+            raise ValueError(
+                f"num_frames must be an integer >= {FRAME_FACTOR} (Qwen2.5-VL pairs frames), "
+                f"got {num_frames!r}"
+            )
         return None, int(num_frames)
     fps = DEFAULT_FPS if fps is None else fps
-    if not (isinstance(fps, numbers.Real) and not isinstance(fps, bool) and math.isfinite(fps) and fps > 0):
+    if not _is_positive_number(fps):
         raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
     return float(fps), None
 
 
-# Halves round up (not to even) so the rule is easy to state; the epsilon absorbs float error in products
-# like k * 29.97 / 2 that should land exactly on a half. Scalar and array versions must agree exactly.
-_HALF = 0.5 + 1e-9
+def _floor_even(x: float) -> int:
+    return math.floor(x / FRAME_FACTOR) * FRAME_FACTOR
 
 
-def _nearest(x: np.ndarray) -> np.ndarray:
-    return np.floor(np.asarray(x, dtype=np.float64) + _HALF).astype(np.int64)
+def _ceil_even(x: float) -> int:
+    return math.ceil(x / FRAME_FACTOR) * FRAME_FACTOR
 
 
-def _on_rate_grid(index: int, step: float) -> bool:
-    """Whether source frame ``index`` is picked when sampling every ``step`` source frames (no end known).
+def frame_window(
+    total_num_frames: int, source_fps: float, start: float | None = None, end: float | None = None
+) -> tuple[int, int]:
+    """First and last source frame (inclusive) of the window ``[start, end]`` seconds.
 
-    The streaming twin of ``_rate_indices``, called once per decoded frame, so plain floats, no numpy.
+    As qwen-vl-utils' ``video_start``/``video_end``: times are clamped to the video, the first frame is
+    ``ceil(start * source_fps)`` and the last ``floor(end * source_fps)`` (at most the last frame).
+
+    Raises:
+        ValueError: a window that holds fewer than 2 frames.
     """
-    if step <= 1.0:
-        return True
-    k = math.floor(index / step)
-    return math.floor(k * step + _HALF) == index or math.floor((k + 1) * step + _HALF) == index
+    if start is None and end is None:
+        return 0, total_num_frames - 1
+    duration = total_num_frames / source_fps
+    first = 0 if start is None else math.ceil(max(0.0, min(float(start), duration)) * source_fps)
+    last = total_num_frames - 1
+    if end is not None:
+        last = min(math.floor(max(0.0, min(float(end), duration)) * source_fps), total_num_frames - 1)
+    if last - first + 1 < FRAME_FACTOR:
+        begin = 0.0 if start is None else float(start)
+        finish = duration if end is None else float(end)
+        raise ValueError(
+            f"fewer than 2 frames between {begin} s and {finish} s (the video lasts {duration:.1f} s)"
+        )
+    return first, last
 
 
-def _rate_indices(total: int, step: float) -> np.ndarray:
-    """``int64 [T]`` source frames nearest to every ``step`` frames, from frame 0 to the last frame."""
-    if step <= 1.0:
-        return np.arange(total, dtype=np.int64)
-    candidates = _nearest(np.arange(math.floor((total - 1) / step) + 2) * step)
-    return candidates[candidates <= total - 1]
+def plan_frames(
+    total_num_frames: int,
+    source_fps: float,
+    *,
+    fps: float | None = None,
+    num_frames: int | None = None,
+    min_frames: int = MIN_FRAMES,
+    max_frames: int = MAX_FRAMES,
+    start: float | None = None,
+    end: float | None = None,
+) -> FramePlan:
+    """The source frames to take from a video of ``total_num_frames`` frames at ``source_fps``.
 
+    Follows the rules in the module docstring (qwen-vl-utils' ``smart_nframes`` and its indices).
 
-def _evenly_spaced(total: int, count: int, min_frames: int) -> np.ndarray:
-    """``int64 [T]``: ``count`` indices (capped, even when possible) from 0 to ``total - 1`` inclusive."""
-    count = min(count, total)
-    if count % 2:
-        if count + 1 <= total:
-            count += 1
-        elif count - 1 >= min_frames:
-            count -= 1
-    # Spacing >= 1 when count <= total, so rounding cannot produce duplicates.
-    return _nearest(np.linspace(0, total - 1, count))
+    Returns:
+        a :class:`FramePlan`: ``int64 [T]`` indices (``T`` even, ``2 <= T <= max_frames``) and notes.
+
+    Raises:
+        ValueError: bad arguments; a video or window with fewer than 2 frames.
+    """
+    fps, num_frames = _check_sampling_args(fps, num_frames, min_frames, max_frames)
+    if not _is_positive_number(source_fps):
+        raise ValueError(f"source_fps must be a finite number > 0, got {source_fps!r}")
+    if total_num_frames < FRAME_FACTOR:
+        raise ValueError(
+            f"the video has {total_num_frames} decodable frame(s); at least 2 are needed "
+            "(Qwen2.5-VL pairs frames)"
+        )
+    first, last = frame_window(total_num_frames, source_fps, start, end)
+    available = last - first + 1
+    notes = []
+    if num_frames is not None:
+        count = round(num_frames / FRAME_FACTOR) * FRAME_FACTOR
+        if count > available:
+            where = "the video has" if available == total_num_frames else "the window holds"
+            notes.append(f"{num_frames} frames requested but {where} only {available}")
+        elif count > max_frames:
+            notes.append(f"{num_frames} frames requested; capped at max_frames={max_frames}")
+        count = min(count, _floor_even(max_frames), _floor_even(available))
+    else:
+        wanted = available / source_fps * fps
+        low = _ceil_even(min_frames)
+        high = _floor_even(min(max_frames, available))
+        count = _floor_even(min(max(wanted, low), high, available))
+        if wanted > available:
+            notes.append(
+                f"{fps:g} fps asks for {wanted:.0f} frames but the video has {available} ({source_fps:g} fps)"
+            )
+        elif wanted >= _floor_even(max_frames) + FRAME_FACTOR:
+            notes.append(f"{fps:g} fps gives {wanted:.0f} frames; capped at max_frames={max_frames}")
+        elif _floor_even(wanted) < count:
+            notes.append(f"{fps:g} fps gives {wanted:.1f} frames; raised to min_frames={min_frames}")
+    if notes:
+        notes[-1] += f": using {count} frames ({count * source_fps / available:.3g} per second of video)"
+    import torch
+
+    indices = torch.linspace(first, last, count).round().long().numpy().astype(np.int64)
+    return FramePlan(indices=indices, notes=tuple(notes))
 
 
 def sample_frame_indices(
@@ -212,32 +260,74 @@ def sample_frame_indices(
     *,
     fps: float | None = None,
     num_frames: int | None = None,
-    min_frames: int = 2,
+    min_frames: int = MIN_FRAMES,
+    max_frames: int = MAX_FRAMES,
 ) -> np.ndarray:
-    """Indices of the frames to keep from a video of ``total_num_frames`` frames at ``source_fps``.
+    """``int64 [T]`` indices of :func:`plan_frames` (the notes dropped)."""
+    plan = plan_frames(
+        total_num_frames,
+        source_fps,
+        fps=fps,
+        num_frames=num_frames,
+        min_frames=min_frames,
+        max_frames=max_frames,
+    )
+    return plan.indices
 
-    Follows the rules in the module docstring (by rate, default 2 fps, or by count; even count when
-    possible; at least ``min_frames``).
+
+def _smart_resize(height: int, width: int, min_pixels: float, max_pixels: float) -> tuple[int, int]:
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    return smart_resize(height, width, factor=PATCH_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def plan_frame_size(
+    height: int,
+    width: int,
+    num_frames: int,
+    *,
+    max_pixels: int | None = None,
+    min_pixels: int = MIN_PIXELS,
+    total_pixels: float = TOTAL_PIXELS,
+) -> tuple[tuple[int, int], tuple[str, ...]]:
+    """Frame size for ``num_frames`` frames of ``height x width``: transformers' ``smart_resize`` with
+    qwen-vl-utils' video budgets (see the module docstring).
 
     Returns:
-        ``int64 [T]`` strictly increasing indices in ``[0, total_num_frames)``.
+        ``((h, w), notes)``: both sides multiples of 28; notes say when the total budget shrank the frames.
+
+    Raises:
+        ValueError: bad budgets; an aspect ratio over 200.
     """
-    fps, num_frames = _check_sampling_args(fps, num_frames, min_frames)
-    if not (math.isfinite(source_fps) and source_fps > 0):
-        raise ValueError(f"source_fps must be a finite number > 0, got {source_fps!r}")
-    if total_num_frames < min_frames:
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
+    one_patch = PATCH_FACTOR * PATCH_FACTOR
+    if max_pixels is not None and (not _is_int(max_pixels) or max_pixels < one_patch):
         raise ValueError(
-            f"the video has {total_num_frames} decodable frame(s); "
-            f"at least min_frames={min_frames} are needed"
+            f"max_pixels must be an integer >= {one_patch} (one {PATCH_FACTOR}x{PATCH_FACTOR} patch), "
+            f"got {max_pixels!r}"
         )
-    if num_frames is None:
-        indices = _rate_indices(total_num_frames, source_fps / fps)
-        if len(indices) % 2:
-            indices = indices[:-1]
-        if len(indices) >= min_frames:
-            return indices
-        num_frames = min_frames
-    return _evenly_spaced(total_num_frames, num_frames, min_frames)
+    if not _is_int(min_pixels) or min_pixels < 1:
+        raise ValueError(f"min_pixels must be an integer >= 1, got {min_pixels!r}")
+    if not _is_positive_number(total_pixels):
+        raise ValueError(f"total_pixels must be a number > 0, got {total_pixels!r}")
+    per_frame = MAX_PIXELS if max_pixels is None else min(int(max_pixels), MAX_PIXELS)
+    budget = max(min(MAX_PIXELS, total_pixels / num_frames * FRAME_FACTOR), int(min_pixels * 1.05))
+    limit = min(per_frame, budget)
+    if min_pixels > limit:
+        raise ValueError(f"min_pixels={min_pixels} exceeds the per-frame limit {limit:.0f}")
+    try:
+        size = _smart_resize(height, width, min_pixels, limit)
+        unbudgeted = _smart_resize(height, width, min_pixels, per_frame) if budget < per_frame else size
+    except ValueError as error:
+        raise ValueError(f"cannot size a {height}x{width} frame: {error}") from error
+    notes = ()
+    if unbudgeted != size:
+        notes = (
+            f"{num_frames} frames at {unbudgeted[0]}x{unbudgeted[1]} exceed the total pixel budget "
+            f"({total_pixels:.0f}): frames resized to {size[0]}x{size[1]}",
+        )
+    return (int(size[0]), int(size[1])), notes
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -266,6 +356,46 @@ def _available(importer: Callable[[], ModuleType]) -> bool:
     return True
 
 
+class _Text:
+    """What a :func:`_native_stderr_captured` block wrote, once it has ended."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def getvalue(self) -> str:
+        return self.text
+
+
+@contextlib.contextmanager
+def _native_stderr_captured() -> Iterator[_Text]:
+    """Send what C libraries write to file descriptor 2 into a buffer for the duration of the block."""
+    captured = _Text()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable descriptor 2: nothing to protect
+        yield captured
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.text = sink.read().decode("utf-8", "replace")
+
+
+def _decoder_message(text: str) -> str:
+    """``": <the decoder's first complaint>"`` without its ``[mov,mp4 @ 0x...]`` prefix, or ``""``."""
+    for line in text.splitlines():
+        line = re.sub(r"^\[[^\]]*\]\s*", "", line.strip())
+        if line and "WARN" not in line:
+            return f": {line}"
+    return ""
+
+
 def _choose_backend(backend: str | None) -> str:
     if backend is None:
         if _available(_import_cv2):
@@ -288,10 +418,14 @@ class _Cv2Stream:
         # Prefer FFmpeg explicitly: CAP_ANY may hand a still image (or a printf-style path) to the image
         # sequence reader, which would pass a picture off as a one-frame video.
         api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
-        self._cap = cv2.VideoCapture(path, api)
+        # A broken file makes FFmpeg and OpenCV print warnings ("moov atom not found", "[ WARN:0@...]")
+        # straight to file descriptor 2 while it opens: they are caught there and only quoted in the error.
+        with _native_stderr_captured() as messages:
+            self._cap = cv2.VideoCapture(path, api)
         if not self._cap.isOpened():
             self._cap.release()
-            raise ValueError(f"could not decode {path!r} as a video (OpenCV could not open it)")
+            said = _decoder_message(messages.getvalue())
+            raise ValueError(f"could not decode {path!r} as a video (OpenCV could not open it{said})")
         self.fps = float(self._cap.get(cv2.CAP_PROP_FPS))
         # CAP_PROP_FRAME_COUNT is an estimate from the container (duration x fps for some formats).
         claimed = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
@@ -341,35 +475,77 @@ class _PyAVStream:
         self._container.close()
 
 
-def _open_stream(path: str, backend: str) -> _Cv2Stream | _PyAVStream:
-    return _Cv2Stream(path) if backend == "opencv" else _PyAVStream(path)
+class _FolderStream:
+    """A folder of frame images (sorted by name, numbers compared as numbers) at a given frame rate."""
+
+    def __init__(self, path: str, frame_rate: float | None) -> None:
+        files = [
+            os.path.join(path, name)
+            for name in os.listdir(path)
+            if name.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(path, name))
+        ]
+        if not files:
+            raise ValueError(
+                f"{path!r} is a folder with no frame images ({', '.join(IMAGE_SUFFIXES)}): expected a video "
+                "file or a folder of frames"
+            )
+        if frame_rate is None:
+            raise ValueError(
+                f"{path!r} is a folder of frames: give its frame rate, load_video(folder, frame_rate=...) "
+                "(MVBench's TVQA frames are 3 fps)"
+            )
+        self.files = sorted(files, key=_natural_key)
+        self.fps = float(frame_rate)
+        self.claimed_frames = len(self.files)
+
+    def frames(self) -> Iterator[Callable[[], np.ndarray]]:
+        for file in self.files:
+            yield lambda file=file: _read_image(file)
+
+    def close(self) -> None:
+        pass
 
 
-def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``uint8 [H, W, 3]`` -> ``uint8 [height, width, 3]``; area averaging when shrinking (no aliasing)."""
-    shrinking = height * width < rgb.shape[0] * rgb.shape[1]
+def _natural_key(path: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", os.path.basename(path))]
+
+
+def _read_image(path: str) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB pixels of an image file."""
     try:
         cv2 = _import_cv2()
     except ImportError:
         cv2 = None
     if cv2 is not None:
-        # Area interpolation is the right filter for shrinking; for enlarging cv2 documents it as close to
-        # nearest neighbour, so use bilinear there.
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        return cv2.resize(rgb, (width, height), interpolation=interpolation)
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"could not read frame image {path!r}")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as error:
+        raise ValueError(f"could not read frame image {path!r} ({error})") from error
+
+
+def _open_stream(path: str, backend: str) -> _Cv2Stream | _PyAVStream:
+    return _Cv2Stream(path) if backend == "opencv" else _PyAVStream(path)
+
+
+def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``uint8 [H, W, 3]`` -> ``uint8 [height, width, 3]``: bicubic with antialiasing, as qwen-vl-utils."""
     import torch
     import torch.nn.functional as F
 
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
-    if shrinking:
-        y = F.interpolate(x, size=(height, width), mode="area")
-    else:
-        y = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    y = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
     return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def _decode_pass(
-    stream: _Cv2Stream | _PyAVStream,
+    stream: _Cv2Stream | _PyAVStream | _FolderStream,
     wanted: Callable[[int], bool],
     convert: Callable[[np.ndarray], np.ndarray],
 ) -> tuple[dict[int, np.ndarray], int]:
@@ -389,89 +565,122 @@ def load_video(
     *,
     fps: float | None = None,
     num_frames: int | None = None,
+    max_frames: int = MAX_FRAMES,
+    min_frames: int = MIN_FRAMES,
     max_pixels: int | None = None,
-    min_frames: int = 2,
+    min_pixels: int = MIN_PIXELS,
+    total_pixels: float = TOTAL_PIXELS,
+    start: float | None = None,
+    end: float | None = None,
+    frame_rate: float | None = None,
     backend: str | None = None,
 ) -> VideoClip:
-    """Decode and sample a video file.
+    """Decode and sample a video file or a folder of frames, as the Qwen2.5-VL reference pipeline does.
 
     Args:
-        path: video file.
+        path: a video file, or a folder of frame images (sorted by name; give ``frame_rate``).
         fps: sample at this many frames per second of video time (default 2.0 when ``num_frames`` is None).
-        num_frames: sample this many frames evenly over the whole video instead (not with ``fps``).
-        max_pixels: if given, resize every frame so that ``H * W <= max_pixels`` with ``H`` and ``W``
-            multiples of 28 (see ``fit_to_pixel_budget``); at least 28 * 28.
-        min_frames: fewest frames to return; a video with fewer decodable frames is an error.
-        backend: ``"opencv"`` or ``"pyav"``; default OpenCV when importable, else PyAV.
+        num_frames: sample this many frames evenly instead (not with ``fps``); rounded to even.
+        max_frames: at most this many frames (default 768); a larger request is capped, with a note.
+        min_frames: by rate, at least this many frames (default 4), when the video has them.
+        max_pixels: per-frame pixel budget (at most and by default ``768 * 28 * 28``).
+        min_pixels: per-frame minimum; smaller frames are enlarged (default ``56 * 56``).
+        total_pixels: budget of all frames together (qwen-vl-utils' default).
+        start / end: only this window of the video, in seconds (qwen-vl-utils' ``video_start``/``video_end``).
+        frame_rate: frames per second of a folder of frames (ignored for video files).
+        backend: ``"opencv"`` or ``"pyav"`` for video files; default OpenCV when importable, else PyAV.
 
     Returns:
-        a ``VideoClip`` with ``frames`` ``uint8 [T, H, W, 3]`` RGB (C-contiguous) and ``frame_indices``
-        ``int64 [T]``; ``T`` follows the sampling rules in the module docstring (even when possible).
+        a ``VideoClip`` with ``frames`` ``uint8 [T, H, W, 3]`` RGB (C-contiguous; ``T`` even, ``H`` and
+        ``W`` multiples of 28) and ``frame_indices`` ``int64 [T]``; ``notes`` lists what a cap changed
+        (each also issued as a :class:`FrameSamplingWarning`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        IsADirectoryError: ``path`` is a directory.
-        ValueError: bad arguments; a file that cannot be decoded as a video; fewer than ``min_frames``
-            decodable frames.
+        ValueError: bad arguments; a file that cannot be decoded as a video; fewer than 2 decodable frames.
         ImportError: the requested backend (or any backend) is not installed.
     """
-    fps, num_frames = _check_sampling_args(fps, num_frames, min_frames)
-    if max_pixels is not None and (not _is_int(max_pixels) or max_pixels < PATCH_FACTOR * PATCH_FACTOR):
-        one_patch = PATCH_FACTOR * PATCH_FACTOR
-        raise ValueError(
-            f"max_pixels must be an integer >= {one_patch} (one {PATCH_FACTOR}x{PATCH_FACTOR} patch), "
-            f"got {max_pixels!r}"
-        )
-    backend = _choose_backend(backend)
+    fps, num_frames = _check_sampling_args(fps, num_frames, min_frames, max_frames)
+    plan_frame_size(
+        PATCH_FACTOR, PATCH_FACTOR, 2, max_pixels=max_pixels, min_pixels=min_pixels, total_pixels=total_pixels
+    )  # argument checks before any decoding
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"video file not found: {path!r}")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"expected a video file, got a directory: {path!r}")
+    folder = os.path.isdir(path)
+    if folder and frame_rate is not None and not _is_positive_number(frame_rate):
+        raise ValueError(f"frame_rate must be a finite number > 0, got {frame_rate!r}")
+    backend = None if folder else _choose_backend(backend)
+
+    def open_stream() -> _Cv2Stream | _PyAVStream | _FolderStream:
+        return _FolderStream(path, frame_rate) if folder else _open_stream(path, backend)
+
+    def plan(total: int) -> FramePlan:
+        return plan_frames(
+            total,
+            source_fps,
+            fps=fps,
+            num_frames=num_frames,
+            min_frames=min_frames,
+            max_frames=max_frames,
+            start=start,
+            end=end,
+        )
 
     size: tuple[int, int] | None = None
+    size_notes: tuple[str, ...] = ()
+    frame_count = 0  # the T the frame size is planned for
 
     def convert(rgb: np.ndarray) -> np.ndarray:
         # The output size is fixed by the first frame kept, so every frame stacks even if the stream
         # changes resolution midway.
-        nonlocal size
+        nonlocal size, size_notes
         if size is None:
-            h, w = rgb.shape[:2]
-            size = (h, w) if max_pixels is None else fit_to_pixel_budget(h, w, int(max_pixels))
+            size, size_notes = plan_frame_size(
+                *rgb.shape[:2],
+                frame_count,
+                max_pixels=max_pixels,
+                min_pixels=min_pixels,
+                total_pixels=total_pixels,
+            )
         if rgb.shape[:2] != size:
             rgb = _resize(rgb, *size)
         return np.ascontiguousarray(rgb, dtype=np.uint8)
 
-    stream = _open_stream(path, backend)
+    stream = open_stream()
     try:
         source_fps, claimed = stream.fps, stream.claimed_frames
-        if not (math.isfinite(source_fps) and source_fps > 0):
+        if not _is_positive_number(source_fps):
             raise ValueError(f"could not decode {path!r} as a video (no usable frame rate: {source_fps})")
-        # First pass: plan from the container's claimed frame count (by rate the plan needs no count).
-        wanted: Callable[[int], bool]
-        if num_frames is None:
-            wanted = functools.partial(_on_rate_grid, step=source_fps / fps)
-        else:
-            planned: set[int] = set()
-            if claimed >= min_frames:
-                plan = sample_frame_indices(claimed, source_fps, num_frames=num_frames, min_frames=min_frames)
-                planned = set(plan.tolist())
-            wanted = planned.__contains__
-        kept, total = _decode_pass(stream, wanted, convert)
+        # First pass: plan from the container's claimed frame count.
+        planned: set[int] = set()
+        if claimed >= FRAME_FACTOR:
+            try:
+                first_plan = plan(claimed)
+                planned = set(first_plan.indices.tolist())
+                frame_count = len(first_plan.indices)
+            except ValueError:
+                planned = set()  # e.g. a window past the claimed end: the count that decodes decides
+        kept, total = _decode_pass(stream, planned.__contains__, convert)
     finally:
         stream.close()
 
     if total == 0:
         raise ValueError(f"could not decode {path!r} as a video (no frame could be decoded)")
-    if total < min_frames:
+    if total < FRAME_FACTOR:
         raise ValueError(
-            f"{path!r} has {total} decodable frame(s); at least min_frames={min_frames} are needed"
+            f"{path!r} has {total} decodable frame(s); at least 2 are needed (Qwen2.5-VL pairs frames)"
         )
-    indices = sample_frame_indices(total, source_fps, fps=fps, num_frames=num_frames, min_frames=min_frames)
-    missing = {int(i) for i in indices} - kept.keys()
+    try:
+        final = plan(total)
+    except ValueError as error:
+        raise ValueError(f"{path!r}: {error}") from error
+    if len(final.indices) != frame_count:
+        # The claimed count was wrong: the frame size may depend on the frame count, so start over.
+        kept, size, frame_count = {}, None, len(final.indices)
+    missing = {int(i) for i in final.indices} - kept.keys()
     if missing:
-        # The claimed count was wrong (or the video was too short for the rate): decode again for the rest.
-        stream = _open_stream(path, backend)
+        stream = open_stream()
         try:
             more, recount = _decode_pass(stream, missing.__contains__, convert)
         finally:
@@ -479,5 +688,10 @@ def load_video(
         if recount != total or not missing <= more.keys():
             raise ValueError(f"could not decode {path!r} consistently ({total} frames, then {recount})")
         kept.update(more)
-    frames = np.stack([kept[int(i)] for i in indices])
-    return VideoClip(frames=frames, source_fps=source_fps, total_num_frames=total, frame_indices=indices)
+    frames = np.stack([kept[int(i)] for i in final.indices])
+    notes = final.notes + size_notes
+    for note in notes:
+        warnings.warn(f"{os.path.basename(path)}: {note}", FrameSamplingWarning, stacklevel=2)
+    return VideoClip(
+        frames=frames, source_fps=source_fps, total_num_frames=total, frame_indices=final.indices, notes=notes
+    )

@@ -16,13 +16,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunevid import video as video_module
-from prunevid.video import VideoClip, fit_to_pixel_budget, load_video, sample_frame_indices
+from prunevid.video import (
+    REFERENCE_MIN_PIXELS,
+    FrameSamplingWarning,
+    VideoClip,
+    load_video,
+    plan_frame_size,
+    plan_frames,
+)
 
 FPS = 10.0
 NUM_FRAMES = 40
 HEIGHT, WIDTH = 96, 128
-EVERY_FIFTH = np.arange(0, NUM_FRAMES, 5)  # 2 fps from 10 fps
-EVEN_8 = np.array([0, 6, 11, 17, 22, 28, 33, 39])  # round(linspace(0, 39, 8)), halves up
+EVEN_8 = np.array([0, 6, 11, 17, 22, 28, 33, 39])  # round(linspace(0, 39, 8)): 2 fps over 4 s
+SIZE = (84, 140)  # 96x128 snapped to multiples of 28 by smart_resize
 
 
 STRIPES = 8  # bits of the frame index drawn per frame
@@ -98,7 +105,7 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def _check_clip(clip: VideoClip, expected: np.ndarray, shape: tuple[int, int] = (HEIGHT, WIDTH)) -> None:
+def _check_clip(clip: VideoClip, expected: np.ndarray, shape: tuple[int, int] = SIZE) -> None:
     assert isinstance(clip, VideoClip)
     assert clip.frames.dtype == np.uint8 and clip.frames.flags["C_CONTIGUOUS"]
     assert clip.frames.shape == (len(expected), *shape, 3)
@@ -113,40 +120,53 @@ def _check_clip(clip: VideoClip, expected: np.ndarray, shape: tuple[int, int] = 
 # ---- decoding and sampling ---------------------------------------------------------------------------
 
 
-def test_default_samples_2fps_every_fifth_frame(videos: dict[str, Path], backend: str) -> None:
+def test_default_is_2fps_spread_over_the_whole_video(videos: dict[str, Path], backend: str) -> None:
+    # 4 s at 2 fps: 8 frames from the first to the last, as qwen-vl-utils picks them.
     clip = load_video(videos["main"], backend=backend)
-    _check_clip(clip, EVERY_FIFTH)
-    assert len(clip.frame_indices) % 2 == 0
-    assert clip.sampled_fps == pytest.approx(2.0)
-    assert clip.metadata == {
-        "fps": FPS,
-        "total_num_frames": NUM_FRAMES,
-        "frames_indices": EVERY_FIFTH.tolist(),
-    }
+    _check_clip(clip, EVEN_8)
+    assert clip.notes == ()
+    assert clip.metadata == {"fps": FPS, "total_num_frames": NUM_FRAMES, "frames_indices": EVEN_8.tolist()}
 
 
 def test_fps_sampling(videos: dict[str, Path], backend: str) -> None:
-    # 5 fps from 10 fps: every other frame, 20 of them.
-    clip = load_video(str(videos["main"]), fps=5.0, backend=backend)
-    _check_clip(clip, np.arange(0, NUM_FRAMES, 2))
-    assert clip.sampled_fps == pytest.approx(5.0)
-    # At or above the source rate: every frame, once.
-    clip = load_video(videos["main"], fps=30.0, backend=backend)
+    clip = load_video(str(videos["main"]), fps=5.0, backend=backend)  # 20 frames over 40
+    _check_clip(clip, np.round(np.linspace(0, NUM_FRAMES - 1, 20)).astype(np.int64))
+    # Above the source rate: every frame once, and a note says so.
+    with pytest.warns(FrameSamplingWarning, match="30 fps asks for 120 frames but the video has 40"):
+        clip = load_video(videos["main"], fps=30.0, backend=backend)
     _check_clip(clip, np.arange(NUM_FRAMES))
-    assert clip.sampled_fps == pytest.approx(FPS)
+    assert clip.notes and "using 40 frames" in clip.notes[0]
 
 
 def test_num_frames_evenly_spaced_including_ends(videos: dict[str, Path], backend: str) -> None:
-    clip = load_video(videos["main"], num_frames=8, backend=backend)
-    expected = EVEN_8
-    _check_clip(clip, expected)
-    assert clip.sampled_fps == pytest.approx(FPS * 7 / 39)
-    # An odd request is rounded up to an even count (Qwen2.5-VL would pad with a copy of the last frame).
-    clip = load_video(videos["main"], num_frames=7, backend=backend)
-    _check_clip(clip, expected)
-    # More than the video has: every frame.
-    clip = load_video(videos["main"], num_frames=100, backend=backend)
+    _check_clip(load_video(videos["main"], num_frames=8, backend=backend), EVEN_8)
+    # An odd request goes to the nearest even count, halves to even (7 -> 8, 5 -> 4), as qwen-vl-utils.
+    _check_clip(load_video(videos["main"], num_frames=7, backend=backend), EVEN_8)
+    assert len(load_video(videos["main"], num_frames=5, backend=backend).frame_indices) == 4
+    # More than the video has: every frame, and the note names both numbers.
+    with pytest.warns(FrameSamplingWarning, match="100 frames requested but the video has only 40"):
+        clip = load_video(videos["main"], num_frames=100, backend=backend)
     _check_clip(clip, np.arange(NUM_FRAMES))
+
+
+def test_frame_caps(videos: dict[str, Path]) -> None:
+    with pytest.warns(FrameSamplingWarning, match="capped at max_frames=6: using 6 frames"):
+        clip = load_video(videos["main"], num_frames=20, max_frames=6)
+    assert len(clip.frame_indices) == 6 and clip.frame_indices[-1] == NUM_FRAMES - 1
+    with pytest.warns(FrameSamplingWarning, match="capped at max_frames=6"):
+        assert len(load_video(videos["main"], max_frames=6).frame_indices) == 6  # 2 fps would give 8
+    # A slow rate is raised to min_frames (4) frames.
+    with pytest.warns(FrameSamplingWarning, match="raised to min_frames=4: using 4 frames"):
+        clip = load_video(videos["main"], fps=0.25)
+    _check_clip(clip, [0, 13, 26, 39])
+
+
+def test_window(videos: dict[str, Path], backend: str) -> None:
+    # [1.05 s, 2.5 s] at 10 fps: frames ceil(10.5) = 11 .. floor(25) = 25.
+    clip = load_video(videos["main"], start=1.05, end=2.5, num_frames=4, backend=backend)
+    _check_clip(clip, [11, 16, 20, 25])
+    with pytest.raises(ValueError, match="fewer than 2 frames between 5.0 s and 6.0 s"):
+        load_video(videos["main"], start=5.0, end=6.0)
 
 
 def test_backends_agree(videos: dict[str, Path]) -> None:
@@ -163,29 +183,49 @@ def test_backends_agree(videos: dict[str, Path]) -> None:
 
 def test_video_written_by_pyav(tmp_path: Path, backend: str) -> None:
     path = _write_pyav(tmp_path / "pyav.mp4", _striped_frames(NUM_FRAMES), FPS)
-    _check_clip(load_video(path, backend=backend), EVERY_FIFTH)
+    _check_clip(load_video(path, backend=backend), EVEN_8)
 
 
 def test_pixel_budget(videos: dict[str, Path], backend: str) -> None:
-    clip = load_video(videos["main"], max_pixels=5000, backend=backend)
-    # 96x128 scaled by sqrt(5000 / 12288) is 61.2x81.6 -> nearest multiples of 28.
-    _check_clip(clip, EVERY_FIFTH, shape=(56, 84))
-    # A budget larger than the frame only snaps the sides to multiples of 28 (nearest).
-    clip = load_video(videos["main"], max_pixels=10**6, backend=backend)
-    _check_clip(clip, EVERY_FIFTH, shape=(84, 140))
+    # 96x128 over 5000 pixels: transformers' smart_resize scales by sqrt(12288 / 5000) and floors to 28.
+    _check_clip(load_video(videos["main"], max_pixels=5000, backend=backend), EVEN_8, shape=(56, 56))
+    # A small frame is enlarged only up to min_pixels (qwen-vl-utils' minimum on request).
+    clip = load_video(videos["main"], min_pixels=REFERENCE_MIN_PIXELS, backend=backend)
+    _check_clip(clip, EVEN_8, shape=(280, 392))
 
 
-def test_short_video_falls_back_to_min_frames(videos: dict[str, Path], backend: str) -> None:
-    # 3 frames at 10 fps is 0.3 s: 2 fps gives one frame, so min_frames=2 are spread over the video.
-    clip = load_video(videos["three"], backend=backend)
+def test_short_video_gives_what_it_has(videos: dict[str, Path], backend: str) -> None:
+    # 3 frames at 10 fps: 2 fps gives one frame, min_frames asks 4, the video has 3: 2 frames (even).
+    with pytest.warns(FrameSamplingWarning, match="using 2 frames"):
+        clip = load_video(videos["three"], backend=backend)
     np.testing.assert_array_equal(clip.frame_indices, [0, 2])
     np.testing.assert_array_equal(_decoded_indices(clip.frames), [0, 2])
     assert clip.total_num_frames == 3
 
 
-def test_one_frame_video_allowed_with_min_frames_1(videos: dict[str, Path], backend: str) -> None:
-    clip = load_video(videos["one"], min_frames=1, backend=backend)
-    assert clip.frames.shape == (1, HEIGHT, WIDTH, 3) and clip.total_num_frames == 1
+def test_frame_folder(tmp_path: Path) -> None:
+    """MVBench's TVQA layout: 00001.jpg, ... at 3 fps; names sort as numbers; a window selects frames."""
+    cv2 = pytest.importorskip("cv2")
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    frames = _striped_frames(30)
+    for i, frame in enumerate(frames):
+        # PNG keeps the stripes exact; unpadded names check the numeric sort (2 before 10).
+        cv2.imwrite(str(folder / f"{i + 1}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    (folder / "notes.txt").write_text("not a frame")
+    clip = load_video(folder, frame_rate=3.0)  # 10 s at 2 fps: 20 frames of 30
+    expected = np.round(np.linspace(0, 29, 20)).astype(np.int64)
+    np.testing.assert_array_equal(clip.frame_indices, expected)
+    np.testing.assert_array_equal(_decoded_indices(clip.frames), expected)
+    assert clip.source_fps == 3.0 and clip.total_num_frames == 30 and clip.frames.shape[1:3] == SIZE
+    window = load_video(folder, frame_rate=3.0, start=2.0, end=5.0, num_frames=4)  # frames 6 .. 15
+    np.testing.assert_array_equal(_decoded_indices(window.frames), [6, 9, 12, 15])
+    with pytest.raises(ValueError, match="give its frame rate"):
+        load_video(folder)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no frame images"):
+        load_video(empty, frame_rate=3.0)
 
 
 class _Spy:
@@ -237,7 +277,7 @@ def test_wrong_container_frame_count(
     # The count that decodes wins over the container's claim, whichever way the claim is wrong.
     _spy_on_streams(monkeypatch, claimed=claimed)
     _check_clip(load_video(videos["main"], num_frames=8, backend=backend), EVEN_8)
-    _check_clip(load_video(videos["main"], backend=backend), EVERY_FIFTH)
+    _check_clip(load_video(videos["main"], backend=backend), EVEN_8)
 
 
 def test_backend_choice(videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -247,8 +287,7 @@ def test_backend_choice(videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
         raise ImportError("cv2 hidden by the test")
 
     monkeypatch.setattr(video_module, "_import_cv2", no_cv2)
-    # Without OpenCV the default is PyAV, and resizing falls back to torch.
-    _check_clip(load_video(videos["main"], max_pixels=5000), EVERY_FIFTH, shape=(56, 84))
+    _check_clip(load_video(videos["main"], max_pixels=5000), EVEN_8, shape=(56, 56))  # PyAV decodes
     with pytest.raises(ImportError, match="opencv"):
         load_video(videos["main"], backend="opencv")
 
@@ -257,27 +296,23 @@ def test_backend_choice(videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    path = tmp_path / "nope.mp4"
     with pytest.raises(FileNotFoundError, match="nope.mp4"):
-        load_video(path)
-
-
-def test_directory(tmp_path: Path) -> None:
-    with pytest.raises(IsADirectoryError, match="directory"):
-        load_video(tmp_path)
+        load_video(tmp_path / "nope.mp4")
 
 
 @pytest.mark.parametrize("name", ["empty", "random", "text"])
-def test_undecodable_file(videos: dict[str, Path], backend: str, name: str) -> None:
+def test_undecodable_file_gets_only_the_clean_error(
+    videos: dict[str, Path], backend: str, name: str, capfd: pytest.CaptureFixture
+) -> None:
     with pytest.raises(ValueError, match=rf"could not decode .*{name}\.mp4"):
         load_video(videos[name], backend=backend)
+    # No FFmpeg ("moov atom not found") or OpenCV ("[ WARN:0@...]") lines on the real stderr.
+    assert capfd.readouterr().err == ""
 
 
 def test_too_few_frames(videos: dict[str, Path], backend: str) -> None:
-    with pytest.raises(ValueError, match=r"has 1 decodable frame.*min_frames=2"):
+    with pytest.raises(ValueError, match=r"has 1 decodable frame.*at least 2"):
         load_video(videos["one"], backend=backend)
-    with pytest.raises(ValueError, match=r"has 3 decodable frame.*min_frames=4"):
-        load_video(videos["three"], min_frames=4, backend=backend)
 
 
 @pytest.mark.parametrize(
@@ -289,8 +324,10 @@ def test_too_few_frames(videos: dict[str, Path], backend: str) -> None:
         ({"fps": math.nan}, "fps"),
         ({"num_frames": 0}, "num_frames"),
         ({"num_frames": 2.5}, "num_frames"),
-        ({"num_frames": 1}, "num_frames=1 is less than min_frames=2"),
+        ({"num_frames": 1}, "num_frames must be an integer >= 2"),
         ({"min_frames": 0}, "min_frames"),
+        ({"max_frames": 1}, "max_frames"),
+        ({"min_frames": 10, "max_frames": 8}, "min_frames=10 exceeds max_frames=8"),
         ({"max_pixels": 28 * 28 - 1}, "max_pixels"),
         ({"max_pixels": 0}, "max_pixels"),
         ({"backend": "decord"}, "backend"),
@@ -301,96 +338,107 @@ def test_bad_arguments(videos: dict[str, Path], kwargs: dict, match: str) -> Non
         load_video(videos["main"], **kwargs)
 
 
-# ---- pure helpers --------------------------------------------------------------------------------------
+# ---- the reference pipeline's frames --------------------------------------------------------------------
+
+# (duration s, source fps, height, width, request) -> (frames, height, width, first indices). The worked
+# examples of qwen-vl-utils 0.0.14 (fetch_video run on real files; shared/spec/ecosystem-reference.md §2)
+# and the transformers issue's 480x640 frame under a 448x448 budget.
+REFERENCE_CASES = [
+    ((10, 30.0, 360, 640, {}), (20, 364, 644, [0, 16, 31, 47])),
+    ((60, 30.0, 720, 1280, {}), (120, 560, 1008, [0, 15, 30, 45])),
+    ((3600, 25.0, 1080, 1920, {}), (768, 336, 644, [0, 117, 235, 352])),
+    ((10, 30.0, 360, 640, {"num_frames": 32}), (32, 364, 644, [0, 10, 19, 29])),
+    ((8, 2.0, 480, 640, {"max_pixels": 448 * 448}), (16, 364, 504, [0, 1, 2, 3])),
+]
 
 
-def test_sample_frame_indices_examples() -> None:
-    np.testing.assert_array_equal(sample_frame_indices(40, 10.0), np.arange(0, 40, 5))
-    # 41 frames give 9 on the 2-fps grid (0..40); the odd last one is dropped to keep the rate exact.
-    np.testing.assert_array_equal(sample_frame_indices(41, 10.0), np.arange(0, 40, 5))
-    # 29.97 fps at 2 fps: every 14.985 frames, nearest frame.
-    np.testing.assert_array_equal(sample_frame_indices(60, 29.97, fps=2.0), [0, 15, 30, 45])
-    np.testing.assert_array_equal(sample_frame_indices(5, 10.0, num_frames=5), [0, 1, 3, 4])
-    np.testing.assert_array_equal(sample_frame_indices(5, 10.0, num_frames=3), [0, 1, 3, 4])  # 3 -> 4
-    np.testing.assert_array_equal(sample_frame_indices(1, 10.0, min_frames=1), [0])
-    with pytest.raises(ValueError, match="source_fps"):
-        sample_frame_indices(10, 0.0)
+@pytest.mark.parametrize(("case", "expected"), REFERENCE_CASES)
+def test_frames_match_the_reference_worked_examples(case: tuple, expected: tuple) -> None:
+    seconds, source_fps, height, width, request = case
+    total = round(seconds * source_fps)
+    max_pixels = request.pop("max_pixels", None) if request else None
+    plan = plan_frames(total, source_fps, **request)
+    size, _ = plan_frame_size(height, width, len(plan.indices), max_pixels=max_pixels)
+    count, expected_h, expected_w, first = expected
+    assert len(plan.indices) == count and plan.indices[: len(first)].tolist() == first
+    assert plan.indices[-1] == total - 1
+    assert size == (expected_h, expected_w)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    total=st.integers(1, 600),
-    source_fps=st.floats(1.0, 120.0),
-    by_rate=st.booleans(),
-    fps=st.floats(0.05, 200.0),
-    num_frames=st.integers(1, 700),
-    min_frames=st.integers(1, 4),
+    seconds=st.floats(0.2, 4000.0),
+    source_fps=st.sampled_from([1.0, 3.0, 8.0, 23.976, 25.0, 29.97, 30.0, 60.0]),
+    fps=st.one_of(st.none(), st.floats(0.05, 8.0)),
+    num_frames=st.integers(2, 900),
+    height=st.integers(32, 2160),
+    width=st.integers(32, 3840),
+    window=st.one_of(st.none(), st.tuples(st.floats(0.0, 0.5), st.floats(0.5, 1.0))),
 )
-def test_sample_frame_indices_properties(
-    total: int, source_fps: float, by_rate: bool, fps: float, num_frames: int, min_frames: int
+def test_frames_equal_qwen_vl_utils(
+    seconds: float,
+    source_fps: float,
+    fps: float | None,
+    num_frames: int,
+    height: int,
+    width: int,
+    window: tuple[float, float] | None,
 ) -> None:
-    kwargs = {"fps": fps} if by_rate else {"num_frames": num_frames}
-    if total < min_frames or (not by_rate and num_frames < min_frames):
-        with pytest.raises(ValueError):
-            sample_frame_indices(total, source_fps, min_frames=min_frames, **kwargs)
+    """Indices and sizes equal qwen-vl-utils' own functions for any (duration, fps, resolution, window)."""
+    vision = pytest.importorskip("qwen_vl_utils.vision_process")
+    import torch
+
+    total = max(2, round(seconds * source_fps))
+    element: dict = {"nframes": num_frames} if fps is None else {"fps": fps}
+    if window is not None:
+        element.update(video_start=window[0] * seconds, video_end=window[1] * seconds)
+    try:
+        first, last, available = vision.calculate_video_frame_range(element, total, source_fps)
+        count = vision.smart_nframes(element, available, source_fps)
+    except ValueError:
+        return  # a window or request the reference refuses: ours must refuse or cap, not crash
+    except AssertionError:
         return
-    indices = sample_frame_indices(total, source_fps, min_frames=min_frames, **kwargs)
-    assert indices.dtype == np.int64
-    assert indices[0] == 0 and indices[-1] <= total - 1
-    assert np.all(np.diff(indices) >= 1)
-    assert len(indices) >= min_frames
-    # Even unless the video has exactly min_frames frames and that is odd.
-    if not (total == min_frames and total % 2):
-        assert len(indices) % 2 == 0
-    if not by_rate:
-        # Evenly spaced over the whole video: last frame included once there are >= 2 frames.
-        assert len(indices) == 1 or indices[-1] == total - 1
-    elif len(indices) >= 2 and fps < source_fps and len(indices) > min_frames + 1:
-        # By rate (no min_frames fallback): consecutive picks one sampling interval apart, +-1 frame.
-        assert np.all(np.abs(np.diff(indices) - source_fps / fps) <= 1.0 + 1e-6)
+    reference = torch.linspace(first, last, count).round().long().numpy()
+    kwargs = {"num_frames": num_frames} if fps is None else {"fps": fps}
+    if window is not None:
+        kwargs.update(start=window[0] * seconds, end=window[1] * seconds)
+    if fps is None and num_frames > MAX_FRAMES_REFERENCE:
+        kwargs["max_frames"] = 10**6  # qwen-vl-utils does not cap an explicit frame count
+    ours = plan_frames(total, source_fps, **kwargs)
+    np.testing.assert_array_equal(ours.indices, reference)
+    # Frame size: qwen-vl-utils' budget for `count` frames (fetch_video), with its own smart_resize.
+    min_pixels = REFERENCE_MIN_PIXELS
+    total_pixels = 128000 * 28 * 28 * 0.9
+    max_pixels = max(min(768 * 28 * 28, total_pixels / count * 2), int(min_pixels * 1.05))
+    if max(height, width) / min(height, width) > 200:
+        return
+    expected = vision.smart_resize(height, width, 28, min_pixels=min_pixels, max_pixels=max_pixels)
+    size, _ = plan_frame_size(height, width, count, min_pixels=min_pixels)
+    assert size == tuple(expected)
 
 
-@settings(max_examples=200, deadline=None)
-@given(total=st.integers(1, 400), step=st.floats(0.1, 50.0))
-def test_streaming_rate_grid_matches_batch(total: int, step: float) -> None:
-    # The first decode pass decides frame by frame with no known end; it must pick exactly the batch plan.
-    streamed = [i for i in range(total) if video_module._on_rate_grid(i, step)]
-    assert streamed == video_module._rate_indices(total, step).tolist()
+MAX_FRAMES_REFERENCE = 768
 
 
-def test_fit_to_pixel_budget_examples() -> None:
-    assert fit_to_pixel_budget(96, 128, 5000) == (56, 84)
-    assert fit_to_pixel_budget(96, 128, 10**6) == (84, 140)  # never scaled up, only snapped
-    # 1/3 scale is 360x640; nearest is 364x644 (over budget), and h overshoots its target more.
-    assert fit_to_pixel_budget(1080, 1920, 360 * 640) == (336, 644)
-    assert fit_to_pixel_budget(10, 10, 10**6, min_pixels=56 * 56) == (56, 56)  # tiny frames grow
-    assert fit_to_pixel_budget(1, 8192, 28 * 28 * 4) == (28, 112)  # extreme aspect ratio
-    with pytest.raises(ValueError, match="max_pixels"):
-        fit_to_pixel_budget(96, 128, 28 * 28 - 1)
-    with pytest.raises(ValueError, match="min_pixels"):
-        fit_to_pixel_budget(96, 128, 28 * 28 * 2, min_pixels=28 * 28 * 3)
+def test_load_video_equals_qwen_vl_utils_fetch_video(videos: dict[str, Path]) -> None:
+    """End to end on a real file: the frames qwen-vl-utils' fetch_video gives (its torchcodec reader)."""
+    vision = pytest.importorskip("qwen_vl_utils.vision_process")
+    pytest.importorskip("torchcodec")
+    try:
+        from torchcodec.decoders import VideoDecoder
 
-
-@settings(max_examples=500, deadline=None)
-@given(
-    height=st.integers(1, 8192),
-    width=st.integers(1, 8192),
-    max_pixels=st.integers(28 * 28, 8192 * 8192),
-    factor=st.sampled_from([14, 28, 32]),
-)
-def test_fit_to_pixel_budget_properties(height: int, width: int, max_pixels: int, factor: int) -> None:
-    max_pixels = max(max_pixels, factor * factor)
-    h, w = fit_to_pixel_budget(height, width, max_pixels, factor=factor, min_pixels=factor * factor)
-    assert h % factor == 0 and w % factor == 0
-    assert h >= factor and w >= factor
-    assert h * w <= max_pixels
-    nearest_h = max(factor, math.floor(height / factor + 0.5) * factor)
-    nearest_w = max(factor, math.floor(width / factor + 0.5) * factor)
-    if nearest_h * nearest_w <= max_pixels and height * width >= factor * factor:
-        assert (h, w) == (nearest_h, nearest_w)  # within budget: nearest multiples, no scaling
-    # Aspect ratio: each side is within [-1, +0.5] factor of its exact scaled target, so once both targets
-    # span >= 4 factors the ratio is kept within a factor 1.5.
-    scale = min(1.0, math.sqrt(max_pixels / (height * width)))
-    if min(height, width) * scale >= 4 * factor:
-        assert abs(math.log((h / w) / (height / width))) <= math.log(1.5) + 1e-9
-        assert h * w >= max_pixels / 2 or scale == 1.0  # and the budget is not wasted
+        VideoDecoder(str(videos["main"]))
+    except Exception as error:  # torchcodec without FFmpeg's libraries cannot open a video
+        pytest.skip(f"torchcodec cannot decode here: {error}")
+    for request in ({}, {"nframes": 6}, {"fps": 5.0}):
+        element = {"video": str(videos["main"]), **request}
+        reference, _ = vision.fetch_video(element, return_video_sample_fps=True)
+        kwargs = {"num_frames": request["nframes"]} if "nframes" in request else {"fps": request.get("fps")}
+        ours = load_video(videos["main"], min_pixels=REFERENCE_MIN_PIXELS, **kwargs)
+        assert tuple(reference.shape) == (len(ours.frame_indices), 3, *ours.frames.shape[1:3])
+        # Same source frames: the stripes of each frame name its index.
+        frames = reference.permute(0, 2, 3, 1).clamp(0, 255).round().byte().numpy()
+        np.testing.assert_array_equal(_decoded_indices(frames), ours.frame_indices)
+        difference = np.abs(frames.astype(np.int16) - ours.frames.astype(np.int16))
+        assert difference.mean() <= 2.0  # different decoders, same resize
