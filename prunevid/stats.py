@@ -104,9 +104,20 @@ class PruneStats:
         total = self.video_tokens_in
         return self.video_tokens_after_stage2 / total if total else 1.0
 
-    def to_dict(self) -> dict:
-        """A JSON-ready dict, with the totals."""
+    def to_dict(self, per_token: bool = False) -> dict:
+        """A JSON-ready dict, with the totals.
+
+        Args:
+            per_token: keep the per-token lists of each sample and video (``kept_indices``,
+                ``merged_into``, question rows, positions: thousands of numbers on a real model); by
+                default they are left out and only the counts remain.
+        """
         out = asdict(self)
+        if not per_token:
+            for sample in out["samples"]:
+                for record in (sample, *sample.get("videos", ())):
+                    for name in [k for k, v in record.items() if isinstance(v, list) and k != "videos"]:
+                        del record[name]
         out.update(
             video_tokens_in=self.video_tokens_in,
             video_tokens_after_stage1=self.video_tokens_after_stage1,
@@ -114,3 +125,28 @@ class PruneStats:
             retention=self.retention,
         )
         return out
+
+    def summary(self) -> str:
+        """One line per video: tokens per stage and retention; the KV cache size on the last line (or on the
+        only one), e.g. ``"video: 512 tokens -> 94 after stage 1 -> 35 after stage 2 (6.8% kept); KV cache
+        0.41 MiB (unpruned 1.20 MiB)"``."""
+        lines = []
+        for b, sample in enumerate(self.samples):
+            for v, video in enumerate(sample.videos):
+                name = (
+                    "video" if len(self.samples) == 1 and len(sample.videos) == 1 else f"sample {b} video {v}"
+                )
+                lines.append(
+                    f"{name}: {video.tokens_in} tokens -> {video.tokens_after_stage1} after stage 1 -> "
+                    f"{video.tokens_after_stage2} after stage 2 ({video.retention:.1%} kept)"
+                )
+        if not lines:
+            lines.append("no video tokens" + (f" (not pruned: {self.not_pruned})" if self.not_pruned else ""))
+        unpruned = self.kv_cache_bytes_unpruned / 2**20
+        kv = f"KV cache {self.kv_cache_bytes / 2**20:.2f} MiB (unpruned {unpruned:.2f} MiB)"
+        if len(lines) == 1:
+            return f"{lines[0]}; {kv}"
+        return "\n".join([*lines, kv])
+
+    def __str__(self) -> str:
+        return self.summary()
