@@ -4,22 +4,42 @@ config = prunevid.PruneVidConfig.preset("paper")
 model, processor, pruner = prunevid.load("Qwen/Qwen2.5-VL-7B-Instruct", config)
 answer = prunevid.ask(model, processor, "clip.mp4", "What happens at the end?")
 print(answer.text, answer.stats.retention)
+
+The names below are imported on first use, so ``import prunevid`` (and ``prunevid --help``) does not
+load torch or transformers.
 """
 
 from __future__ import annotations
 
-from prunevid.config import PRESETS, PruneVidConfig
-from prunevid.pipeline import Answer, ask, load
-from prunevid.qwen2_5_vl import SUPPORTED_MODELS, Pruner, attach
-from prunevid.stats import PruneStats, SampleStats, VideoStats
-from prunevid.video import VideoClip, load_video
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# name -> module that defines it
+_EXPORTS = {
+    "PRESETS": "prunevid.config",
+    "PruneVidConfig": "prunevid.config",
+    "Answer": "prunevid.pipeline",
+    "ask": "prunevid.pipeline",
+    "load": "prunevid.pipeline",
+    "SUPPORTED_MODELS": "prunevid.qwen2_5_vl",
+    "Pruner": "prunevid.qwen2_5_vl",
+    "attach": "prunevid.qwen2_5_vl",
+    "build_inputs": "prunevid.prompt",
+    "PruneStats": "prunevid.stats",
+    "SampleStats": "prunevid.stats",
+    "VideoStats": "prunevid.stats",
+    "FrameSamplingWarning": "prunevid.video",
+    "VideoClip": "prunevid.video",
+    "load_video": "prunevid.video",
+}
 
 __all__ = [
     "PRESETS",
     "SUPPORTED_MODELS",
     "Answer",
+    "FrameSamplingWarning",
     "PruneStats",
     "PruneVidConfig",
     "Pruner",
@@ -28,6 +48,29 @@ __all__ = [
     "VideoStats",
     "ask",
     "attach",
+    "build_inputs",
     "load",
     "load_video",
 ]
+
+if TYPE_CHECKING:
+    from prunevid.config import PRESETS, PruneVidConfig
+    from prunevid.pipeline import Answer, ask, load
+    from prunevid.prompt import build_inputs
+    from prunevid.qwen2_5_vl import SUPPORTED_MODELS, Pruner, attach
+    from prunevid.stats import PruneStats, SampleStats, VideoStats
+    from prunevid.video import FrameSamplingWarning, VideoClip, load_video
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name from its module on first access (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prunevid' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

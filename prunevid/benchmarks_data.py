@@ -13,7 +13,8 @@ Layouts (``DIR`` is the folder given to the reader; field names as published, se
 - MVBench, ``OpenGVLab/MVBench``: ``DIR/json/<task>.json`` for the 20 tasks, videos under ``DIR/video/``
   (or ``DIR/videos/``, ``DIR/``) in the task's folder: the pre-cut segments of the dataset's ``video``
   revision (what lmms-eval reads), or the original source folders, whose clips are cut to the JSON's
-  ``start``/``end``.
+  ``start``/``end``; ``episodic_reasoning``'s are folders of 3-fps frames,
+  ``video/tvqa/frames_fps3_hq/<clip>/00001.jpg ...`` (frame ``k`` of the sorted files at ``k / 3`` s).
 - Video-MME, ``lmms-lab/Video-MME``: ``DIR/videomme/test-*.parquet``, videos ``DIR/data/<videoID>.mp4``.
 - synthetic (generated here, :func:`prunevid.synthetic_qa.write_eval_set`): ``DIR/synthetic.json``
   (``{"samples": [{"id", "video", "question", "options", "answer", "type"}]}``), videos at the paths it
@@ -69,6 +70,8 @@ class Sample:
         group: the task (MVBench) or duration bucket (Video-MME) accuracy is also reported by; None if none.
         start / end: seconds of the video the question is about (MVBench clips read from the original
             source videos); None for the whole video.
+        frame_rate: frames per second of ``video`` when it is a folder of frame images (MVBench's TVQA
+            frames: 3); None for a video file.
     """
 
     id: str
@@ -79,6 +82,7 @@ class Sample:
     group: str | None = None
     start: float | None = None
     end: float | None = None
+    frame_rate: float | None = None
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -363,10 +367,15 @@ MVBENCH_TASKS: dict[str, tuple[tuple[str, bool], ...]] = {
     "fine_grained_pose": (("nturgbd_convert", False), ("nturgbd", False)),
     "character_order": _PERCEPTION,
     "egocentric_navigation": (("vlnqa", False),),
-    # The original release has this task as folders of 3-fps JPEG frames, which are not read here.
+    # The original release has this task as folders of 3-fps JPEG frames (00001.jpg, ...), cut to the
+    # question's start/end like a source video.
     "episodic_reasoning": (("tvqa/video_fps3_hq_segment", False), ("tvqa/frames_fps3_hq", True)),
     "counterfactual_inference": _CLEVRER,
 }
+
+
+# Folders of frame images and their frame rate (the folder name says it: fps3).
+MVBENCH_FRAME_FOLDERS = {"tvqa/frames_fps3_hq": 3.0}
 
 
 def read_mvbench(data_dir: str | os.PathLike, tasks: Sequence[str] | None = None) -> list[Sample]:
@@ -410,11 +419,12 @@ def _mvbench_item(task: str, path: Path, number: int, item: Any, video_roots: Se
     name = str(_field(item, ("video",), where))
     options = _options(_field(item, ("candidates", "options"), where), where)
     folders = MVBENCH_TASKS[task]
-    video, cut = None, False
+    video, cut, frame_rate = None, False, None
     for folder, needs_cut in folders:
         video = _find_video(video_roots, (folder,), name)
         if video is not None:
             cut = needs_cut
+            frame_rate = MVBENCH_FRAME_FOLDERS.get(folder) if video.is_dir() else None
             break
     if video is None:
         base = next((r for r in video_roots[:2] if r.is_dir()), video_roots[2])
@@ -431,6 +441,7 @@ def _mvbench_item(task: str, path: Path, number: int, item: Any, video_roots: Se
         group=task,
         start=start,
         end=end,
+        frame_rate=frame_rate,
     )
 
 

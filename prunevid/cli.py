@@ -1,61 +1,103 @@
-"""The ``prunevid`` command: ``ask`` a question about a video, or run the offline ``demo``."""
+"""The prunevid command: ask a question about a video, run the offline demo, or evaluate presets.
+
+Only light modules are imported here; torch and transformers load inside the commands, so that
+`prunevid --help` and `prunevid --version` answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
-import tempfile
-from collections.abc import Sequence
+import time
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import transformers
-
-from prunevid import synthetic_qa
+from prunevid import __version__
+from prunevid.benchmarks_data import BENCHMARKS
 from prunevid.config import PRESETS, PruneVidConfig
-from prunevid.pipeline import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, Answer, ask, load
-from prunevid.qwen2_5_vl import attach, pruner_of
-from prunevid.reference_methods import METHODS
+from prunevid.pipeline import DEFAULT_MODEL, Answer
+from prunevid.video import DEFAULT_MAX_PIXELS, MAX_FRAMES, FrameSamplingWarning
+
+if TYPE_CHECKING:
+    from prunevid.video import VideoClip
 
 # Where `prunevid eval synthetic` writes the held-out set when no --data is given.
 SYNTHETIC_DATA = Path("prunevid-eval") / "synthetic-data"
+# Values of modules that import torch, restated for the help text (tests/test_cli.py checks they agree).
+REFERENCE_METHODS = ("random", "uniform_frames", "evs", "fastv")  # prunevid.reference_methods.METHODS
+EVAL_DEFAULT_FRAMES = 32  # prunevid.evaluation.DEFAULT_FRAMES
+EVAL_DEFAULT_MAX_NEW_TOKENS = 16  # prunevid.evaluation.DEFAULT_MAX_NEW_TOKENS
+SYNTHETIC_HELD_OUT = 1000  # questions in the synthetic held-out set
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prunevid`` command; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    transformers.utils.logging.disable_progress_bar()  # the answer, not weight-loading bars
     try:
-        return args.run(args)
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
+        with warnings.catch_warnings():
+            # Frame caps are printed as notes by the commands; library chatter is not the answer.
+            warnings.simplefilter("ignore", FrameSamplingWarning)
+            return args.run(args)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError, ImportError) as error:
         print(f"prunevid: error: {error}", file=sys.stderr)
         return 2
 
 
+DESCRIPTION = """\
+Training-free video token pruning (PruneVid) for Qwen2.5-VL on stock transformers.
+
+examples:
+  prunevid demo                                  offline: the bundled small model, stock vs paper
+  prunevid ask clip.mp4 "What happens?" --model Qwen/Qwen2.5-VL-7B-Instruct
+  prunevid eval synthetic --limit 20             offline accuracy of presets on generated clips
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunevid", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="prunevid", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"prunevid {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    ask_cmd = commands.add_parser("ask", help="answer a question about a video")
+    ask_cmd = commands.add_parser(
+        "ask",
+        help="answer a question about a video",
+        description="Answer a question about a video with a Qwen2.5-VL checkpoint and a PruneVid preset. "
+        "The video is decoded (and checked) before the model loads.",
+    )
     ask_cmd.add_argument("video", help="path of a video file")
     ask_cmd.add_argument("question")
     ask_cmd.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint (default {DEFAULT_MODEL})"
+        "--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint folder (default {DEFAULT_MODEL})"
     )
     _add_common(ask_cmd)
     sampling = ask_cmd.add_mutually_exclusive_group()
     sampling.add_argument("--fps", type=float, help="frames sampled per second of video (default 2)")
     sampling.add_argument("--frames", type=int, help="number of frames sampled evenly over the video")
-    ask_cmd.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget per frame")
+    ask_cmd.add_argument(
+        "--max-frames", type=int, default=MAX_FRAMES, help=f"at most this many frames (default {MAX_FRAMES})"
+    )
+    ask_cmd.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"pixel budget per frame (default {DEFAULT_MAX_PIXELS}, 448x448)",
+    )
     ask_cmd.set_defaults(run=_run_ask)
 
     demo = commands.add_parser(
         "demo",
         help="offline: a generated clip, a question about it and the small model trained on such clips, "
         "stock vs a preset side by side",
+        description="Offline: generate a clip, ask a multiple-choice question about it, and answer it with "
+        "the small Qwen2.5-VL that ships with prunevid, stock and pruned side by side.",
     )
     _add_common(demo)
     demo.add_argument(
@@ -67,12 +109,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:
-    from prunevid.benchmarks_data import BENCHMARKS
-    from prunevid.evaluation import DEFAULT_FRAMES, DEFAULT_MAX_NEW_TOKENS
-
     command = commands.add_parser(
         "eval",
-        help="accuracy and speed of presets on a benchmark (EgoSchema, MVBench, Video-MME), resumable",
+        help="accuracy and speed of presets on a benchmark (EgoSchema, MVBench, Video-MME, synthetic)",
         description="Answer every question of a locally downloaded benchmark under each preset with one "
         "model load; rows go to OUT/predictions.jsonl as they are made (a rerun resumes), the summary to "
         "OUT/summary.json and OUT/summary.md.",
@@ -83,8 +122,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--data",
         type=Path,
-        help="the benchmark's folder, as downloaded from the hub (synthetic: written there if missing; "
-        f"default {SYNTHETIC_DATA})",
+        help="the benchmark's folder, as downloaded from the hub (synthetic: what the run needs is written "
+        f"there; default {SYNTHETIC_DATA})",
     )
     command.add_argument(
         "--model",
@@ -95,7 +134,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         "--presets",
         default="baseline,paper",
         help=f"comma-separated presets ({', '.join(PRESETS)}) and reference methods to compare with "
-        f"({', '.join(METHODS)}); default baseline,paper",
+        f"({', '.join(REFERENCE_METHODS)}); default baseline,paper",
     )
     command.add_argument(
         "--retention",
@@ -106,23 +145,44 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--limit", type=int, help="only N samples, spread over the tasks / duration buckets")
     sampling = command.add_mutually_exclusive_group()
     sampling.add_argument(
-        "--frames", type=int, help=f"frames sampled evenly per video (default {DEFAULT_FRAMES})"
+        "--frames", type=int, help=f"frames sampled evenly per video (default {EVAL_DEFAULT_FRAMES})"
     )
     sampling.add_argument("--fps", type=float, help="frames sampled per second of video instead")
     command.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget per frame")
-    command.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    command.add_argument("--max-new-tokens", type=int, default=EVAL_DEFAULT_MAX_NEW_TOKENS)
     command.add_argument("--out", type=Path, help="output folder (default prunevid-eval/BENCHMARK-MODEL)")
     command.add_argument(
         "--no-retry-errors", action="store_true", help="on a rerun, keep rows that recorded an error"
     )
+    command.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="samples per generate() for each preset (default 1); on several GPUs launch with "
+        "`torchrun --nproc_per_node N -m prunevid eval ...` or `accelerate launch -m prunevid eval ...`: "
+        "each process takes every N-th sample with its own model",
+    )
     command.set_defaults(run=_run_eval)
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    from prunevid.benchmarks_data import read_benchmark
-    from prunevid.evaluation import PREDICTIONS, evaluate, summary_markdown
-    from prunevid.reference_methods import reference_config
+def _quiet_libraries() -> None:
+    """The answer, not weight-loading bars and processor deprecation chatter."""
+    import transformers
 
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from prunevid import synthetic_qa
+    from prunevid.benchmarks_data import read_benchmark
+    from prunevid.evaluation import PREDICTIONS, evaluate, init_distributed, summary_markdown
+    from prunevid.pipeline import load
+    from prunevid.reference_methods import METHODS, reference_config
+
+    _quiet_libraries()
     names = [name.strip() for name in args.presets.split(",") if name.strip()]
     methods = [name for name in names if name in METHODS]
     # Unknown names and a bad --retention fail before the model loads.
@@ -135,21 +195,31 @@ def _run_eval(args: argparse.Namespace) -> int:
     synthetic = args.benchmark == "synthetic"
     if args.data is None and not synthetic:
         raise ValueError(f"--data is required for {args.benchmark}: the benchmark's downloaded folder")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     data = args.data or SYNTHETIC_DATA
-    if synthetic and not (data / synthetic_qa.INDEX_FILE).is_file():
-        print(f"prunevid: writing the synthetic held-out set to {data}", file=sys.stderr)
-        synthetic_qa.write_eval_set(data)
+    rank, world_size, local_rank = init_distributed()  # one process per GPU under torchrun / accelerate
+    if synthetic and rank == 0:  # one writer; the other ranks wait below
+        # Only the questions this run asks (the first N: --limit takes them in order over the types).
+        wanted = min(args.limit or SYNTHETIC_HELD_OUT, SYNTHETIC_HELD_OUT)
+        try:
+            synthetic_qa.write_eval_set(data, wanted, progress=True)
+        except ValueError:
+            if args.data is None:
+                raise
+            # else a set of your own (another seed or size) in --data: used as it is
+    if world_size > 1:
+        torch.distributed.barrier()
     model_id = args.model or (synthetic_qa.MODEL_DIR if synthetic else DEFAULT_MODEL)
-    try:
-        samples = read_benchmark(args.benchmark, data)  # bad data fails before the model loads
-    except ImportError as error:
-        print(f"prunevid: error: {error}", file=sys.stderr)
-        return 2
+    samples = read_benchmark(args.benchmark, data)  # bad data fails before the model loads
     out = args.out or Path("prunevid-eval") / f"{args.benchmark}-{Path(str(model_id).rstrip('/')).name}"
     kwargs: dict = {"device_map": "auto"} if torch.cuda.is_available() else {}
+    if world_size > 1 and torch.cuda.is_available():
+        kwargs["device_map"] = {"": local_rank}
     if synthetic and not torch.cuda.is_available():
         kwargs["dtype"] = torch.float32  # the small model in float32: faster than bfloat16 on a CPU
-    model, processor, pruner = load(model_id, PruneVidConfig.preset("baseline"), **kwargs)
+    with _step(f"loading {model_id}"):
+        model, processor, pruner = load(model_id, PruneVidConfig.preset("baseline"), **kwargs)
     pruner.detach()  # evaluate() attaches each preset in turn
     run = functools.partial(
         evaluate,
@@ -164,6 +234,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
         retry_errors=not args.no_retry_errors,
+        batch_size=args.batch_size,
     )
     summary = run(configs) if configs else None
     if methods:
@@ -171,6 +242,8 @@ def _run_eval(args: argparse.Namespace) -> int:
             retention = summary["presets"]["paper"]["mean_retention"]
         configs.update({name: reference_config(name, retention) for name in methods})
         summary = run(configs)  # resumes: only the reference methods' rows are new
+    if rank > 0:
+        return 0  # rank 0 prints the merged summary
     print(summary_markdown(summary))
     print(f"rows: {out / PREDICTIONS}; summary: {out / 'summary.json'}, {out / 'summary.md'}")
     return 0
@@ -182,23 +255,65 @@ def _add_common(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument("--max-new-tokens", type=int, default=128)
     command.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    command.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+@contextlib.contextmanager
+def _step(what: str, quiet: bool = False) -> Iterator[list[str]]:
+    """Print ``prunevid: <what> ...`` on stderr as a step starts and its time (and any detail the block
+    appends to the yielded list) when it ends."""
+    details: list[str] = []
+    if not quiet:
+        print(f"prunevid: {what} ...", end="", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        yield details
+    except BaseException:
+        if not quiet:
+            print(" failed", file=sys.stderr, flush=True)
+        raise
+    if not quiet:
+        extra = "".join(f" {d};" for d in details)
+        print(f"{extra} {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+
+
+def _print_notes(clip: VideoClip, quiet: bool) -> None:
+    for note in clip.notes:
+        print(f"prunevid: note: {note}", file=sys.stderr)
+
+
+def _describe_clip(clip: VideoClip) -> str:
+    frames, height, width = clip.frames.shape[:3]
+    return f"{frames} frames of {width}x{height}"
 
 
 def _run_ask(args: argparse.Namespace) -> int:
+    from prunevid.pipeline import ask, check_model_source, load
+    from prunevid.video import load_video
+
+    check_model_source(args.model)  # a typo fails now, not after decoding
+    # The video is decoded (exists, decodes, has >= 2 frames) before the model loads: a wrong path must
+    # not cost a 7B model load.
+    with _step(f"decoding {args.video}", args.quiet) as details:
+        clip = load_video(
+            args.video,
+            fps=args.fps,
+            num_frames=args.frames,
+            max_frames=args.max_frames,
+            max_pixels=args.max_pixels,
+        )
+        details.append(_describe_clip(clip))
+    _print_notes(clip, args.quiet)
+    import torch
+
+    _quiet_libraries()
     kwargs = {"device_map": "auto"} if torch.cuda.is_available() else {}
-    model, processor, _ = load(args.model, PruneVidConfig.preset(args.preset), **kwargs)
-    answer = ask(
-        model,
-        processor,
-        args.video,
-        args.question,
-        fps=args.fps,
-        num_frames=args.frames,
-        max_pixels=args.max_pixels,
-        max_new_tokens=args.max_new_tokens,
-    )
+    with _step(f"loading {args.model}", args.quiet):
+        model, processor, _ = load(args.model, PruneVidConfig.preset(args.preset), **kwargs)
+    with _step(f"answering ({args.preset})", args.quiet):
+        answer = ask(model, processor, clip, args.question, max_new_tokens=args.max_new_tokens)
     if args.json:
-        print(json.dumps({"preset": args.preset, **answer.to_dict()}))
+        print(json.dumps({"preset": args.preset, **answer.to_dict(), "notes": list(clip.notes)}))
     else:
         print(answer.text)
         print(summary(args.preset, answer))
@@ -206,24 +321,41 @@ def _run_ask(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+
+    from prunevid import synthetic_qa
     from prunevid.evaluation import extract_choice, format_prompt
+    from prunevid.pipeline import ask, load
+    from prunevid.qwen2_5_vl import attach, pruner_of
     from prunevid.synthetic import write_video
+    from prunevid.video import load_video
 
     if args.sample < 0:
         raise ValueError(f"--sample must be >= 0, got {args.sample}")
+    _quiet_libraries()
     checkpoint = synthetic_qa.MODEL_DIR
-    model, processor, _ = load(checkpoint, PruneVidConfig.preset("baseline"), dtype=torch.float32)
-    sample = synthetic_qa.make_sample(synthetic_qa.EVAL_SEED, args.sample)
-    question = format_prompt(sample.question, sample.options)
+    with _step("loading the bundled small model", args.quiet):
+        model, processor, _ = load(checkpoint, PruneVidConfig.preset("baseline"), dtype=torch.float32)
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        video = write_video(sample.frames, Path(folder) / "demo.mp4", fps=synthetic_qa.FPS)
+        with _step(f"generating clip and question {args.sample}", args.quiet):
+            sample = synthetic_qa.make_sample(synthetic_qa.EVAL_SEED, args.sample)
+            question = format_prompt(sample.question, sample.options)
+            video = write_video(sample.frames, Path(folder) / "demo.mp4", fps=synthetic_qa.FPS)
+        with _step("decoding it", args.quiet) as details:
+            clip = load_video(video)
+            details.append(_describe_clip(clip))
         for name in ("baseline", args.preset):
             pruner = pruner_of(model)
             if pruner is not None:
                 pruner.detach()
             attach(model, PruneVidConfig.preset(name))
-            results[name] = ask(model, processor, video, question, max_new_tokens=args.max_new_tokens)
+            label = "stock answer (baseline)" if name == "baseline" else f"pruned answer ({name})"
+            with _step(label, args.quiet):
+                results[name] = ask(model, processor, clip, question, max_new_tokens=args.max_new_tokens)
+        pruner_of(model).detach()
     chosen = {name: extract_choice(answer.text, sample.options) for name, answer in results.items()}
     if args.json:
         record = {
@@ -247,19 +379,12 @@ def _run_demo(args: argparse.Namespace) -> int:
 def summary(preset: str, answer: Answer) -> str:
     """Two lines: tokens per stage and KV cache, then timings."""
     lines = []
-    stats = answer.stats
-    if stats is not None:
-        lines.append(
-            f"  video tokens: {stats.video_tokens_in} in -> {stats.video_tokens_after_stage1} after stage 1"
-            f" -> "
-            f"{stats.video_tokens_after_stage2} after stage 2 ({stats.retention:.1%} kept); "
-            f"KV cache {stats.kv_cache_bytes / 2**20:.2f} MiB "
-            f"(unpruned {stats.kv_cache_bytes_unpruned / 2**20:.2f} MiB)"
-        )
+    if answer.stats is not None:
+        lines.append(f"  {answer.stats.summary()}")
     t = answer.timings
     lines.append(
         f"  {answer.num_frames} frames; preset {preset}; time to first token {t['ttft']:.3f} s, "
-        f"decode {t['decode']:.3f} s, total {t['total']:.3f} s"
+        f"decode {t['decode']:.3f} s, whole answer {t['ttft'] + t['decode']:.3f} s"
     )
     return "\n".join(lines)
 

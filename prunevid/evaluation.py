@@ -34,7 +34,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import transformers
 
@@ -42,7 +41,7 @@ from prunevid.benchmarks_data import Sample, read_benchmark
 from prunevid.config import PRESETS, PruneVidConfig
 from prunevid.pipeline import DEFAULT_MAX_PIXELS, ask
 from prunevid.qwen2_5_vl import attach, pruner_of
-from prunevid.video import VideoClip, load_video, sample_frame_indices
+from prunevid.video import VideoClip, load_video
 
 __all__ = [
     "ANSWER_INSTRUCTION",
@@ -176,38 +175,22 @@ def load_sample_clip(
 ) -> VideoClip:
     """Decode and sample the frames of ``sample.video`` (only ``[start, end]`` when the sample has one).
 
-    Without a window this is :func:`~prunevid.video.load_video`. With one, the video is decoded at a rate
-    that gives about twice the frames wanted inside the window (at most 16 fps), and ``num_frames`` (or
-    ``fps * duration``) of those are picked evenly.
+    :func:`~prunevid.video.load_video` with the sample's window (qwen-vl-utils' ``video_start`` /
+    ``video_end``: source frames ``ceil(start * fps) .. floor(end * fps)``); a folder of frame images
+    (MVBench's TVQA frames) is read at the sample's ``frame_rate``.
 
     Raises:
-        FileNotFoundError / ValueError: as :func:`~prunevid.video.load_video`; a folder of frames; fewer
-            than 2 frames inside the window.
+        FileNotFoundError / ValueError: as :func:`~prunevid.video.load_video`, e.g. fewer than 2 frames
+            inside the window.
     """
-    if sample.video.is_dir():
-        raise ValueError(
-            f"{str(sample.video)!r} is a folder of frames; prunevid reads video files (MVBench: use the "
-            "pre-cut mp4 segments of the dataset's 'video' revision)"
-        )
-    if sample.start is None or sample.end is None:
-        return load_video(sample.video, fps=fps, num_frames=num_frames, max_pixels=max_pixels)
-    span = max(sample.end - sample.start, 1e-3)
-    wanted = num_frames if num_frames is not None else max(2, round(span * (fps or 2.0)))
-    rate = max(fps or 0.0, min(2.0 * wanted / span, 16.0))
-    clip = load_video(sample.video, fps=rate, max_pixels=max_pixels)
-    times = clip.frame_indices / clip.source_fps
-    inside = np.flatnonzero((times >= sample.start - 1e-6) & (times <= sample.end + 1e-6))
-    if len(inside) < 2:
-        raise ValueError(
-            f"{str(sample.video)!r}: fewer than 2 frames between {sample.start} s and {sample.end} s "
-            f"(the video lasts {clip.total_num_frames / clip.source_fps:.1f} s)"
-        )
-    pick = inside[sample_frame_indices(len(inside), 1.0, num_frames=min(wanted, len(inside)))]
-    return VideoClip(
-        frames=np.ascontiguousarray(clip.frames[pick]),
-        source_fps=clip.source_fps,
-        total_num_frames=clip.total_num_frames,
-        frame_indices=clip.frame_indices[pick],
+    return load_video(
+        sample.video,
+        fps=fps,
+        num_frames=num_frames,
+        max_pixels=max_pixels,
+        start=sample.start,
+        end=sample.end,
+        frame_rate=sample.frame_rate,
     )
 
 
@@ -724,6 +707,9 @@ def summarize(
     by_preset = {name: [r for r in rows if r["preset"] == name] for name in presets}
     answered = {name: {r["id"]: r for r in rs if not r.get("error")} for name, rs in by_preset.items()}
     summary: dict[str, Any] = {**(settings or {}), "samples": samples, "presets": {}}
+    # What the rows used, which can be fewer frames than asked for (short videos, caps).
+    used = [r["num_frames"] for r in rows if r.get("num_frames") and not r.get("error")]
+    summary["frames_used"] = [min(used), max(used)] if used else None
     for name, preset_rows in by_preset.items():
         ok = list(answered[name].values())
         entry = _accuracy(preset_rows)
@@ -771,6 +757,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     sampling = (
         f"{summary.get('num_frames')} frames" if summary.get("num_frames") else f"{summary.get('fps')} fps"
     )
+    used = summary.get("frames_used")
+    if used and not (summary.get("num_frames") and used == [summary["num_frames"]] * 2):
+        counts = f"{used[0]}" if used[0] == used[1] else f"{used[0]}-{used[1]}"
+        sampling = f"{sampling} asked, {counts} frames used"
     header = (
         "preset",
         "accuracy %",

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
-from transformers.generation.streamers import BaseStreamer
 
 from prunevid.config import PruneVidConfig
-from prunevid.prompt import build_inputs
-from prunevid.qwen2_5_vl import Pruner, attach, pruner_of
 from prunevid.stats import PruneStats
-from prunevid.video import VideoClip, load_video
+from prunevid.video import DEFAULT_MAX_PIXELS, MAX_FRAMES, VideoClip, load_video
+
+if TYPE_CHECKING:  # torch and transformers load when a function needs them (`prunevid --help` stays fast)
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from prunevid.qwen2_5_vl import Pruner
+
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MODEL", "Answer", "ask", "check_model_source", "load"]
 
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-# 448 x 448 per frame: 256 LLM tokens a frame (the benchmark shape); raise it for detail, lower it for speed.
-DEFAULT_MAX_PIXELS = 448 * 448
+# A hub id: "name" or "owner/name", letters, digits, "-", "_" and "." (not at the start).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Answer:
         timings: seconds spent in ``load_video``, ``preprocess`` (chat template + processor),
             ``ttft`` (generate() start to first token), ``decode`` (the rest of generate()) and ``total``.
         num_frames: frames sampled from the video.
+        notes: what a frame cap changed (see :class:`~prunevid.video.VideoClip`), empty if nothing.
     """
 
     text: str
@@ -42,6 +47,7 @@ class Answer:
     stats: PruneStats | None
     timings: dict[str, float] = field(default_factory=dict)
     num_frames: int = 0
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -49,9 +55,32 @@ class Answer:
             "text": self.text,
             "token_ids": self.token_ids,
             "num_frames": self.num_frames,
+            "notes": list(self.notes),
             "timings": self.timings,
             "stats": None if self.stats is None else self.stats.to_dict(),
         }
+
+
+def check_model_source(model_id_or_path: str | os.PathLike) -> None:
+    """Fail fast, before anything loads, on a model that is neither a local checkpoint folder nor a hub id.
+
+    Raises:
+        FileNotFoundError: a path that does not exist and cannot be a hub id ("no such model folder, and
+            not a hub id"), or a folder without ``config.json``.
+    """
+    text = os.fspath(model_id_or_path)
+    if os.path.isdir(text):
+        if not os.path.isfile(os.path.join(text, "config.json")):
+            raise FileNotFoundError(f"{text!r} is a folder but not a model checkpoint (no config.json in it)")
+        return
+    if os.path.exists(text):
+        raise FileNotFoundError(f"{text!r} is a file; the model must be a checkpoint folder or a hub id")
+    looks_like_a_path = text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1
+    if looks_like_a_path or not _HUB_ID.fullmatch(text):
+        raise FileNotFoundError(
+            f"no such model folder, and not a hub id: {text!r} "
+            "(a hub id looks like 'Qwen/Qwen2.5-VL-7B-Instruct')"
+        )
 
 
 def load(
@@ -72,8 +101,14 @@ def load(
         ``(model, processor, pruner)``; the model is in eval mode.
 
     Raises:
+        FileNotFoundError: no such model folder, and not a hub id (see :func:`check_model_source`).
         ValueError: the checkpoint is not a supported model type.
     """
+    from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from prunevid.qwen2_5_vl import attach
+
+    check_model_source(model_id_or_path)
     model_config = AutoConfig.from_pretrained(model_id_or_path)
     if model_config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
@@ -97,6 +132,7 @@ def ask(
     *,
     fps: float | None = None,
     num_frames: int | None = None,
+    max_frames: int = MAX_FRAMES,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_new_tokens: int = 128,
     system_prompt: str | None = None,
@@ -109,6 +145,7 @@ def ask(
         video: a video file (decoded with OpenCV or PyAV) or an already sampled :class:`VideoClip`.
         question: the question, asked after the video in one user turn.
         fps / num_frames: frame sampling (at most one; default 2 fps), for a file.
+        max_frames: at most this many frames (default 768), for a file.
         max_pixels: pixel budget per frame (sides rounded to multiples of 28), for a file.
         max_new_tokens: generation limit.
         system_prompt: optional system message before the user turn.
@@ -116,13 +153,18 @@ def ask(
     Returns:
         An :class:`Answer` with the text, the pruning statistics and timings.
     """
+    import torch
+
+    from prunevid.prompt import build_inputs
+    from prunevid.qwen2_5_vl import pruner_of
+
     if not isinstance(question, str) or not question.strip():
         raise ValueError("the question must be a non-empty string: PruneVid selects tokens by the question")
     started = time.perf_counter()
     if isinstance(video, VideoClip):
         clip = video
     else:
-        clip = load_video(video, fps=fps, num_frames=num_frames, max_pixels=max_pixels)
+        clip = load_video(video, fps=fps, num_frames=num_frames, max_frames=max_frames, max_pixels=max_pixels)
     loaded = time.perf_counter()
     inputs = build_inputs(processor, clip, question, system_prompt=system_prompt).to(model.device)
     preprocessed = _synchronize(model)
@@ -147,11 +189,13 @@ def ask(
         stats=None if pruner is None else pruner.last_stats,
         timings=timings,
         num_frames=int(np.asarray(clip.frames).shape[0]),
+        notes=tuple(getattr(clip, "notes", ())),
     )
 
 
-class _FirstTokenClock(BaseStreamer):
-    """A generate() streamer that notes when the first new token exists (generate pushes the prompt first)."""
+class _FirstTokenClock:
+    """A generate() streamer (``put``/``end``, as transformers' ``BaseStreamer``) that notes when the first
+    new token exists (generate pushes the prompt first)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -169,5 +213,7 @@ class _FirstTokenClock(BaseStreamer):
 
 def _synchronize(model: torch.nn.Module) -> float:
     if model.device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(model.device)
     return time.perf_counter()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -708,31 +709,59 @@ def write_eval_set(
     size: int = 224,
     num_frames: int = 16,
     workers: int | None = None,
+    progress: bool = False,
 ) -> Path:
-    """Write ``n`` samples of stream ``seed`` as real video files plus a JSON index (benchmark ``synthetic``).
+    """Write the first ``n`` samples of stream ``seed`` as real video files plus a JSON index (benchmark
+    ``synthetic``); a folder that already holds the first ``k`` samples of the same set only gets the
+    samples ``k .. n - 1`` (so a run that needs 20 questions writes 20, and a later run extends them).
 
     Layout: ``folder/videos/<index>.mp4`` (MPEG-4 at :data:`FPS`, through
     :func:`prunevid.synthetic.write_video`) and ``folder/synthetic.json``:
     ``{"format", "seed", "size", "num_frames", "fps", "samples": [{"id", "video", "question", "options",
     "answer", "type"}, ...]}``. Read it with ``prunevid.benchmarks_data.read_benchmark("synthetic", folder)``
     or ``prunevid eval synthetic --data folder``. The index is written last, so a folder with an index
-    is complete.
+    holds every sample it lists.
 
     Args:
         workers: processes to encode with (default: the CPU count, at most 16; 1 runs in this process).
+        progress: a progress bar on stderr while writing.
+
+    Raises:
+        ValueError: ``n < 1``; the folder holds another set (other seed, size or frame count).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     folder = Path(folder)
+    records = _existing_records(folder, seed, size, num_frames)
+    if len(records) >= n:
+        return folder
     (folder / "videos").mkdir(parents=True, exist_ok=True)
-    jobs = [(folder, seed, i, size, num_frames) for i in range(n)]
-    workers = workers or min(16, os.cpu_count() or 1)
-    if workers == 1:
-        records = [_write_one(job) for job in jobs]
-    else:
-        context = multiprocessing.get_context("spawn")  # safe whatever threads the caller runs
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            records = list(pool.map(_write_one, jobs, chunksize=max(1, n // (8 * workers))))
+    jobs = [(folder, seed, i, size, num_frames) for i in range(len(records), n)]
+    workers = min(workers or min(16, os.cpu_count() or 1), len(jobs))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(jobs), desc=f"writing synthetic questions to {folder}", unit="clip", file=sys.stderr
+        )
+    try:
+        if workers == 1:
+            for job in jobs:
+                records.append(_write_one(job))
+                if bar is not None:
+                    bar.update(1)
+        else:
+            context = multiprocessing.get_context("spawn")  # safe whatever threads the caller runs
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                chunk = max(1, len(jobs) // (8 * workers))
+                for record in pool.map(_write_one, jobs, chunksize=chunk):
+                    records.append(record)
+                    if bar is not None:
+                        bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     index = {
         "format": _FORMAT_VERSION,
         "generator": "prunevid.synthetic_qa",
@@ -744,3 +773,23 @@ def write_eval_set(
     }
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     return folder
+
+
+def _existing_records(folder: Path, seed: int, size: int, num_frames: int) -> list[dict[str, Any]]:
+    """The samples an existing index of the same set lists (``[]`` without an index)."""
+    path = folder / INDEX_FILE
+    if not path.is_file():
+        return []
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}): delete the folder to write it again"
+        ) from error
+    held = tuple(index.get(k) for k in ("format", "seed", "size", "num_frames"))
+    if held != (_FORMAT_VERSION, seed, size, num_frames):
+        raise ValueError(
+            f"{folder} holds another synthetic set (format, seed, size, frames = {held}, wanted "
+            f"{(_FORMAT_VERSION, seed, size, num_frames)}): choose another folder"
+        )
+    return list(index["samples"])

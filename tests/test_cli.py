@@ -1,0 +1,157 @@
+"""The prunevid command as a new user meets it: fast plain help, --version, checks before the model loads,
+notes when a frame cap changes the request, clean errors, and eval synthetic writing only what it needs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import prunevid
+from prunevid import cli, pipeline
+from prunevid.cli import main
+from prunevid.synthetic import make_clip, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_cli(*argv: str) -> tuple[subprocess.CompletedProcess, float, list[str]]:
+    """Run ``prunevid ARGV`` in a fresh interpreter: (result, seconds, heavy modules it imported)."""
+    code = (
+        "import sys\nfrom prunevid.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'cv2', 'av') if m in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    seconds = time.perf_counter() - started
+    heavy = result.stdout.rsplit("HEAVY=", 1)[1].strip()
+    return result, seconds, [m for m in heavy.split(",") if m]
+
+
+@pytest.mark.parametrize("argv", [("--help",), ("--version",), ("ask", "--help"), ("eval", "--help")])
+def test_help_and_version_import_no_torch(argv: tuple[str, ...]) -> None:
+    result, seconds, heavy = _run_cli(*argv)
+    assert heavy == [], f"{argv} imported {heavy}"
+    # The bound is generous (a loaded 2-core machine); without torch it answers in about 0.3 s.
+    assert seconds < 5.0
+    if argv == ("--version",):
+        assert result.stdout.startswith(f"prunevid {prunevid.__version__}")
+
+
+def test_help_is_plain_text(capsys: pytest.CaptureFixture) -> None:
+    for argv in (["--help"], ["ask", "--help"], ["demo", "--help"], ["eval", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = capsys.readouterr().out
+        assert "``" not in text and ":func:" not in text and "usage: prunevid" in text
+    with pytest.raises(SystemExit):
+        main(["ask", "--help"])
+    assert "--max-frames" in capsys.readouterr().out
+
+
+def test_version_is_the_package_version() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert prunevid.__version__ == project["version"]
+
+
+def test_restated_constants_agree_with_their_modules() -> None:
+    from prunevid import evaluation, reference_methods
+
+    assert cli.REFERENCE_METHODS == reference_methods.METHODS
+    assert cli.EVAL_DEFAULT_FRAMES == evaluation.DEFAULT_FRAMES
+    assert cli.EVAL_DEFAULT_MAX_NEW_TOKENS == evaluation.DEFAULT_MAX_NEW_TOKENS
+
+
+def test_lazy_exports() -> None:
+    for name in prunevid.__all__:
+        assert getattr(prunevid, name) is not None
+    assert prunevid.build_inputs.__module__ == "prunevid.prompt"
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        prunevid.nonsense  # noqa: B018
+
+
+@pytest.fixture
+def no_model_load(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Make any model load fail the test (a bad input must be reported before it)."""
+    calls: list[Any] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(pipeline, "load", refuse)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(make_clip(16, 56, 56, seed=5), tmp_path_factory.mktemp("cli") / "clip.mp4", fps=8.0)
+
+
+def test_a_bad_video_is_reported_before_the_model_loads(
+    no_model_load: list[Any], tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    assert main(["ask", "/no/such/video.mp4", "What?", "--model", "x"]) == 2
+    assert "video file not found: '/no/such/video.mp4'" in capfd.readouterr().err
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    assert main(["ask", str(broken), "What?", "--model", "x"]) == 2
+    err = capfd.readouterr().err
+    # Only prunevid's own lines: no FFmpeg/OpenCV warnings before the error.
+    assert all(line.startswith("prunevid: ") for line in err.splitlines()), err
+    assert "prunevid: error: could not decode" in err
+    assert no_model_load == []
+
+
+def test_a_missing_model_folder_is_named(
+    no_model_load: list[Any], clip_file: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["ask", str(clip_file), "What?", "--model", "/no/such/model"]) == 2
+    assert "no such model folder, and not a hub id: '/no/such/model'" in capsys.readouterr().err
+    assert main(["ask", str(clip_file), "What?", "--model", str(clip_file.parent)]) == 2
+    assert "not a model checkpoint (no config.json" in capsys.readouterr().err
+    assert no_model_load == []
+
+
+def test_ask_reports_each_step_and_the_frame_cap(
+    tiny_checkpoint: Path, clip_file: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["ask", str(clip_file), "What moves?", "--model", str(tiny_checkpoint), "--max-new-tokens", "2"]
+    assert main([*argv, "--frames", "1000", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["num_frames"] == 16
+    assert "1000 frames requested but the video has only 16" in result["notes"][0]
+    lines = captured.err.splitlines()
+    assert lines[0].startswith(f"prunevid: decoding {clip_file} ... 16 frames of 56x56;")
+    assert lines[1].startswith("prunevid: note: 1000 frames requested but the video has only 16")
+    assert lines[2].startswith(f"prunevid: loading {tiny_checkpoint} ...") and lines[2].endswith(" s")
+    assert lines[3].startswith("prunevid: answering (paper) ...")
+    assert main([*argv, "--max-frames", "4", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "4 frames; preset paper" in captured.out
+
+
+def test_eval_synthetic_writes_only_what_the_run_needs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    argv = ["eval", "synthetic", "--data", str(data), "--out", str(out), "--presets", "baseline"]
+    assert main([*argv, "--limit", "2", "--max-new-tokens", "4"]) == 0
+    assert len(list((data / "videos").iterdir())) == 2
+    assert len(json.loads((data / "synthetic.json").read_text())["samples"]) == 2
+    summary = (out / "summary.md").read_text()
+    # The default asks for 32 frames; the clips have 16, and the header says what was used.
+    assert "2 samples, 32 frames asked, 16 frames used" in summary
+    assert "writing synthetic questions" in capsys.readouterr().err
+    # A larger run extends the set instead of starting over.
+    assert main([*argv, "--limit", "3", "--max-new-tokens", "4"]) == 0
+    assert len(list((data / "videos").iterdir())) == 3
