@@ -22,6 +22,7 @@ EgoSchema runs also get ``submission_<preset>.json`` (``{id: option index}``, th
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import os
@@ -34,12 +35,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 
 from prunevid.benchmarks_data import Sample, read_benchmark
 from prunevid.config import PRESETS, PruneVidConfig
-from prunevid.pipeline import DEFAULT_MAX_PIXELS, ask
+from prunevid.pipeline import DEFAULT_MAX_PIXELS, Answer, _FirstTokenClock, _synchronize, ask
+from prunevid.prompt import build_inputs
 from prunevid.qwen2_5_vl import attach, pruner_of
 from prunevid.video import VideoClip, load_video
 
@@ -49,7 +52,9 @@ __all__ = [
     "evaluate",
     "extract_choice",
     "format_prompt",
+    "init_distributed",
     "load_sample_clip",
+    "predictions_path",
     "read_rows",
     "run_benchmark",
     "summarize",
@@ -65,6 +70,7 @@ PROMPT_VERSION = 1
 DEFAULT_FRAMES = 32
 DEFAULT_MAX_NEW_TOKENS = 16  # a letter, with room for "The answer is (B)."
 PREDICTIONS = "predictions.jsonl"
+_PREDICTIONS_GLOB = "predictions*.jsonl"
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -223,14 +229,24 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 class _Results:
-    """Append-only JSON Lines file; the newest row of each (id, preset) counts."""
+    """Append-only JSON Lines files; the newest row of each (id, preset) counts.
+
+    This process appends to ``path``; rows are read from it and from every other ``predictions*.jsonl``
+    beside it (the per-rank files of a data-parallel run, with any world size), so a run resumes from
+    whatever any earlier run wrote. Across files the row written last (``written_at``) wins.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._drop_partial_last_line()
         self.latest: dict[tuple[str, str], dict[str, Any]] = {}
-        for row in read_rows(path):
-            self.latest[(str(row["id"]), str(row["preset"]))] = row
+        others = sorted(p for p in path.parent.glob(_PREDICTIONS_GLOB) if p != path)
+        for file in [*others, path]:
+            for row in read_rows(file):
+                key = (str(row["id"]), str(row["preset"]))
+                held = self.latest.get(key)
+                if held is None or row.get("written_at", 0.0) >= held.get("written_at", 0.0):
+                    self.latest[key] = row
 
     def _drop_partial_last_line(self) -> None:
         # Appending after a cut line would glue the next row to it; the cut answer is redone instead.
@@ -246,11 +262,20 @@ class _Results:
                 file.truncate(keep)
 
     def append(self, row: dict[str, Any]) -> None:
+        row = {**row, "written_at": time.time()}
         with self.path.open("a", encoding="utf-8") as file:
             file.write(json.dumps(row, ensure_ascii=False) + "\n")
             file.flush()
             os.fsync(file.fileno())
         self.latest[(row["id"], row["preset"])] = row
+
+
+def predictions_path(out_dir: str | os.PathLike, rank: int = 0, world_size: int = 1) -> Path:
+    """The file a process appends its rows to: ``predictions.jsonl`` for a single process, else
+    ``predictions.rank<r>-of-<n>.jsonl`` (one per rank, so ranks never write the same file)."""
+    if world_size == 1:
+        return Path(out_dir) / PREDICTIONS
+    return Path(out_dir) / f"predictions.rank{rank}-of-{world_size}.jsonl"
 
 
 def _sample_hash(sample: Sample) -> str:
@@ -294,8 +319,16 @@ def evaluate(
     warmup: bool = True,
     progress: bool = True,
     max_consecutive_errors: int | None = 20,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     """Answer every sample under every preset, appending rows to ``out_dir/predictions.jsonl``.
+
+    Data parallel: when ``torch.distributed`` is initialized (``prunevid eval`` under ``torchrun`` or
+    ``accelerate launch`` does it, :func:`init_distributed`), rank ``r`` of ``n`` answers samples
+    ``r, r + n, ...`` of the planned order with its own model, appends to
+    ``predictions.rank<r>-of-<n>.jsonl``, and after a barrier every rank merges all the files; rank 0
+    writes the summary. Resuming reads every ``predictions*.jsonl`` in ``out_dir``, so a rerun with
+    another number of processes (or one) does only what is missing.
 
     Args:
         model / processor: a loaded Qwen2.5-VL and its processor. A pruner already attached is detached
@@ -314,6 +347,9 @@ def evaluate(
         progress: a tqdm bar (a plain line per sample without tqdm) on stderr, with running accuracy.
         max_consecutive_errors: stop (RuntimeError) when this many samples in a row fail under every
             preset; a wrong video folder then costs seconds, not a pass over the whole benchmark.
+        batch_size: samples answered by one ``generate`` per preset (left padding; each sample keeps its
+            own frame size and pruned length). Rows of a batch share its TTFT and latency; the summary's
+            ``samples_per_s`` counts a batch's latency once. ``1`` asks one sample at a time.
 
     Returns:
         The summary (also in ``summary.json`` / ``summary.md``), see :func:`summarize`.
@@ -322,6 +358,8 @@ def evaluate(
         raise ValueError(f"give fps or num_frames, not both (got fps={fps}, num_frames={num_frames})")
     if fps is None and num_frames is None:
         num_frames = DEFAULT_FRAMES
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     configs = _preset_configs(presets)
     samples = list(samples)
     if len({s.id for s in samples}) != len(samples):
@@ -339,8 +377,13 @@ def evaluate(
         "max_new_tokens": max_new_tokens,
         "prompt_version": PROMPT_VERSION,
     }
-    _check_run_file(out / "run.json", settings, configs)
-    results = _Results(out / PREDICTIONS)
+    rank, world_size = _process_group()
+    record = _check_run_file(out / "run.json", settings, configs)
+    _barrier(world_size)  # every rank has read run.json before rank 0 rewrites it
+    if rank == 0:
+        (out / "run.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    own_file = predictions_path(out, rank, world_size)
+    results = _Results(own_file)
 
     previous = pruner_of(model)
     previous_config = previous.config if previous is not None else None
@@ -349,21 +392,64 @@ def evaluate(
     try:
         for config in configs.values():
             attach(model, config).detach()  # a bad preset fails here, not as one error row per sample
-        runner = _Runner(model, processor, configs, results, fps, num_frames, max_pixels, max_new_tokens)
-        runner.run(planned, retry_errors, warmup, progress, max_consecutive_errors, benchmark)
+        runner = _Runner(
+            model, processor, configs, results, fps, num_frames, max_pixels, max_new_tokens, batch_size
+        )
+        shard = planned[rank::world_size]
+        runner.run(shard, retry_errors, warmup, progress and rank == 0, max_consecutive_errors, benchmark)
     finally:
         if pruner_of(model) is not None:
             pruner_of(model).detach()
         if previous_config is not None:
             attach(model, previous_config)
 
+    if world_size > 1:
+        _barrier(world_size)  # every rank's rows are written
+        results = _Results(own_file)  # all ranks' files, merged
     rows = _current_rows(results, planned, configs)
-    summary = summarize(rows, list(configs), settings=settings, samples=len(planned))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
-    if benchmark.startswith("egoschema"):
-        _write_submissions(out, rows, planned, list(configs))
+    run_info = {**settings, "batch_size": batch_size, "world_size": world_size}
+    summary = summarize(rows, list(configs), settings=run_info, samples=len(planned))
+    if rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
+        if benchmark.startswith("egoschema"):
+            _write_submissions(out, rows, planned, list(configs))
     return summary
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Join the process group that ``torchrun`` / ``accelerate launch`` describe in the environment.
+
+    Reads ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` / ``MASTER_PORT`` (set by both
+    launchers). The group is gloo: :func:`evaluate` only needs barriers, on CPUs and GPUs alike, and
+    a rank that finishes early may wait long for the others (12 hour timeout).
+
+    Returns:
+        ``(rank, world_size, local_rank)``; ``(0, 1, 0)`` for a process started on its own.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=12))
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed's default group; (0, 1) when none is initialized."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def _preset_configs(presets: Sequence[str] | Mapping[str, PruneVidConfig]) -> dict[str, PruneVidConfig]:
@@ -396,8 +482,10 @@ def _spread(samples: list[Sample], limit: int | None) -> list[Sample]:
     return order[:limit]
 
 
-def _check_run_file(path: Path, settings: dict[str, Any], configs: dict[str, PruneVidConfig]) -> None:
-    """Refuse to resume a run made with other settings or preset configs; record this run's."""
+def _check_run_file(
+    path: Path, settings: dict[str, Any], configs: dict[str, PruneVidConfig]
+) -> dict[str, Any]:
+    """Refuse to resume a run made with other settings or preset configs; return the record to write."""
     preset_dicts = {name: dataclasses.asdict(config) for name, config in configs.items()}
     stored: dict[str, Any] = {}
     if path.exists():
@@ -420,7 +508,7 @@ def _check_run_file(path: Path, settings: dict[str, Any], configs: dict[str, Pru
         "presets": {**stored.get("presets", {}), **preset_dicts},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
 
 
 class _Runner:
@@ -436,6 +524,7 @@ class _Runner:
         num_frames: int | None,
         max_pixels: int | None,
         max_new_tokens: int,
+        batch_size: int = 1,
     ) -> None:
         self.model = model
         self.processor = processor
@@ -443,6 +532,7 @@ class _Runner:
         self.results = results
         self.sampling = {"fps": fps, "num_frames": num_frames, "max_pixels": max_pixels}
         self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
 
     def pending(self, sample: Sample, retry_errors: bool) -> list[str]:
         todo = []
@@ -479,19 +569,25 @@ class _Runner:
         bar = _Progress(len(work), benchmark, progress)
         failures = 0
         try:
-            for number, (sample, todo) in enumerate(work):
-                # Rotate the preset order per sample so no preset always runs first (caches, clocks).
-                shift = number % len(todo)
-                rows = self._answer(sample, todo[shift:] + todo[:shift])
-                for row in rows:
-                    tally.add(row)
-                failures = failures + 1 if all(r["error"] for r in rows) else 0
-                bar.step(sample, rows, tally)
-                if max_consecutive_errors is not None and failures >= max_consecutive_errors:
-                    raise RuntimeError(
-                        f"{failures} samples in a row failed under every preset; "
-                        f"last error: {rows[-1]['error']} (rows so far are saved in {self.results.path})"
-                    )
+            for number, start in enumerate(range(0, len(work), self.batch_size)):
+                chunk = work[start : start + self.batch_size]
+                if self.batch_size == 1:
+                    sample, todo = chunk[0]
+                    # Rotate the preset order per sample so no preset always runs first (caches, clocks).
+                    shift = number % len(todo)
+                    answered = [(sample, self._answer(sample, todo[shift:] + todo[:shift]))]
+                else:
+                    answered = self._answer_batch(chunk, number)
+                for sample, rows in answered:
+                    for row in rows:
+                        tally.add(row)
+                    failures = failures + 1 if all(r["error"] for r in rows) else 0
+                    bar.step(sample, rows, tally)
+                    if max_consecutive_errors is not None and failures >= max_consecutive_errors:
+                        raise RuntimeError(
+                            f"{failures} samples in a row failed under every preset; last error: "
+                            f"{rows[-1]['error']} (rows so far are saved in {self.results.path})"
+                        )
         finally:
             bar.close()
 
@@ -535,6 +631,149 @@ class _Runner:
             rows.append(row)
         return rows
 
+    def _answer_batch(
+        self, chunk: list[tuple[Sample, list[str]]], number: int
+    ) -> list[tuple[Sample, list[dict[str, Any]]]]:
+        """Decode the chunk's videos, then per preset answer all its samples that need it in one
+        ``generate``; a batch that fails is answered again one sample at a time (one bad sample, e.g. out
+        of memory on a long video, costs its own row only)."""
+        clips: dict[str, VideoClip] = {}
+        load_errors: dict[str, str] = {}
+        load_seconds: dict[str, float] = {}
+        for sample, _ in chunk:
+            started = time.perf_counter()
+            try:
+                clips[sample.id] = load_sample_clip(sample, **self.sampling)
+            except Exception as error:  # a bad video is a row; the run goes on
+                load_errors[sample.id] = _describe(error)
+            load_seconds[sample.id] = time.perf_counter() - started
+        names = list(dict.fromkeys(name for _, todo in chunk for name in todo))
+        shift = number % len(names)  # rotate the preset order per batch, as per sample at batch size 1
+        rows: dict[str, list[dict[str, Any]]] = {sample.id: [] for sample, _ in chunk}
+        for name in names[shift:] + names[:shift]:
+            members = [sample for sample, todo in chunk if name in todo]
+            for sample in members:
+                if sample.id in load_errors:
+                    rows[sample.id].append(self._store(_row(sample, name, error=load_errors[sample.id])))
+            ready = [sample for sample in members if sample.id in clips]
+            for sample, answer, error, batch in self._generate_batch(ready, clips, name):
+                row = _row(
+                    sample,
+                    name,
+                    answer=answer,
+                    error=error,
+                    video_load_s=load_seconds[sample.id],
+                    batch_size=batch,
+                )
+                rows[sample.id].append(self._store(row))
+        return [(sample, rows[sample.id]) for sample, _ in chunk]
+
+    def _generate_batch(
+        self, samples: list[Sample], clips: dict[str, VideoClip], name: str
+    ) -> list[tuple[Sample, Answer | None, str | None, int]]:
+        """``(sample, answer, error, size of the batch that answered it)`` for each sample, answered
+        together under preset ``name``."""
+        if not samples:
+            return []
+        prompts = [format_prompt(s.question, s.options) for s in samples]
+        try:
+            with attach(self.model, self.configs[name]):
+                answers = ask_batch(
+                    self.model,
+                    self.processor,
+                    [clips[s.id] for s in samples],
+                    prompts,
+                    max_new_tokens=self.max_new_tokens,
+                )
+            return [(s, a, None, len(samples)) for s, a in zip(samples, answers, strict=True)]
+        except Exception as error:
+            _release_memory(self.model)
+            if len(samples) == 1:
+                return [(samples[0], None, _describe(error), 1)]
+        return [result for s in samples for result in self._generate_batch([s], clips, name)]
+
+    def _store(self, row: dict[str, Any]) -> dict[str, Any]:
+        self.results.append(row)
+        return row
+
+
+def ask_batch(
+    model: Any,
+    processor: Any,
+    clips: Sequence[VideoClip],
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> list[Answer]:
+    """Greedy answers to B (clip, prompt) pairs from one ``generate`` (:func:`~prunevid.pipeline.ask`
+    for a batch): prompts padded on the left, each clip at its own size.
+
+    Args:
+        model: a Qwen2.5-VL, with or without a pruner attached.
+        processor: its processor.
+        clips: B sampled clips, frames ``uint8 [T_b, H_b, W_b, 3]``.
+        prompts: B non-empty prompts.
+        max_new_tokens: generation limit.
+
+    Returns:
+        B :class:`~prunevid.pipeline.Answer`: text and tokens of each row (up to its end-of-sequence
+        token); ``stats`` holds that row's sample of the pruner's statistics, with the batch's KV-cache
+        bytes divided by B; ``timings`` (``ttft``, ``decode``, ``total``, ``preprocess``) are the batch's.
+    """
+    started = time.perf_counter()
+    inputs = build_inputs(processor, list(clips), list(prompts)).to(model.device)
+    preprocessed = _synchronize(model)
+    streamer = _FirstTokenClock(model)
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
+    finished = _synchronize(model)
+    first_token = streamer.first_token_at or finished
+    timings = {
+        "preprocess": preprocessed - started,
+        "ttft": first_token - preprocessed,
+        "decode": finished - first_token,
+        "total": finished - started,
+    }
+    pruner = pruner_of(model)
+    stats = None if pruner is None else pruner.last_stats
+    generated = output[:, inputs["input_ids"].shape[1] :]
+    stop_ids = _stop_token_ids(model)
+    answers = []
+    for row, clip in enumerate(clips):
+        tokens = generated[row].tolist()
+        # Finished rows are padded to the longest; ask() on its own would have stopped at the stop token.
+        for index, token in enumerate(tokens):
+            if token in stop_ids:
+                tokens = tokens[: index + 1]
+                break
+        row_stats = None
+        if stats is not None:
+            row_stats = dataclasses.replace(
+                stats,
+                samples=[stats.samples[row]],
+                kv_cache_bytes=stats.kv_cache_bytes // len(clips),
+                kv_cache_bytes_unpruned=stats.kv_cache_bytes_unpruned // len(clips),
+            )
+        text = processor.batch_decode([tokens], skip_special_tokens=True)[0]
+        answers.append(
+            Answer(
+                text=text.strip(),
+                token_ids=tokens,
+                stats=row_stats,
+                timings=dict(timings),
+                num_frames=int(np.asarray(clip.frames).shape[0]),
+            )
+        )
+    return answers
+
+
+def _stop_token_ids(model: Any) -> set[int]:
+    """The ids ``generate`` stops a row at (the generation config's ``eos_token_id``, one or several)."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
+
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
@@ -552,6 +791,7 @@ def _row(
     answer: Any = None,
     error: str | None = None,
     video_load_s: float | None = None,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": sample.id,
@@ -573,6 +813,7 @@ def _row(
         "video_load_s": video_load_s,
         "error": error,
         "sample_hash": _sample_hash(sample),
+        "batch_size": batch_size,
     }
     if answer is not None:
         prediction = extract_choice(answer.text, sample.options)
@@ -701,9 +942,10 @@ def summarize(
     baseline: str = "baseline",
 ) -> dict[str, Any]:
     """Per preset: accuracy (correct / scored, where scored rows have a gold letter and no error), errors,
-    unparsed answers, mean tokens per stage and retention, mean TTFT and latency, and the speedup over
-    ``baseline`` (ratio of its mean to the preset's, over the samples both answered); per group the same
-    accuracy counts."""
+    unparsed answers, mean tokens per stage and retention, mean TTFT and latency, the speedup over
+    ``baseline`` (ratio of its mean to the preset's, over the samples both answered), and ``samples_per_s``
+    (answered rows over their summed latency, a batch counted once: one process's throughput, decoding
+    excluded); per group the same accuracy counts."""
     by_preset = {name: [r for r in rows if r["preset"] == name] for name in presets}
     answered = {name: {r["id"]: r for r in rs if not r.get("error")} for name, rs in by_preset.items()}
     summary: dict[str, Any] = {**(settings or {}), "samples": samples, "presets": {}}
@@ -725,6 +967,9 @@ def summarize(
             entry[f"mean_{key}"] = _mean(r.get(key) for r in ok)
         for key in ("ttft_s", "latency_s"):
             entry[f"speedup_{key.removesuffix('_s')}"] = _speedup(answered.get(baseline), answered[name], key)
+        # A batch's latency is shared by its rows: each row costs latency / batch size.
+        seconds = [r["latency_s"] / (r.get("batch_size") or 1) for r in ok if r.get("latency_s")]
+        entry["samples_per_s"] = len(seconds) / sum(seconds) if seconds else None
         groups: dict[str, list[dict[str, Any]]] = {}
         for row in preset_rows:
             if row.get("group") is not None:
@@ -773,6 +1018,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "TTFT speedup",
         "latency s",
         "latency speedup",
+        "samples/s",
     )
     lines = [
         f"# {summary.get('benchmark', 'evaluation')}: {summary.get('model', '')}",
@@ -797,6 +1043,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             _number(e["speedup_ttft"], 2),
             _number(e["mean_latency_s"]),
             _number(e["speedup_latency"], 2),
+            _number(e.get("samples_per_s"), 2),
         )
         lines.append("| " + " | ".join(cells) + " |")
     groups = list(dict.fromkeys(g for e in presets.values() for g in e["groups"]))
