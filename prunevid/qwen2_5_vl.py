@@ -30,7 +30,9 @@ three (plus ``rotary_pos_emb=None`` on 4.57, ``max_seqlen`` on 5.x, both unused 
 
 from __future__ import annotations
 
+import copy
 import functools
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -64,6 +66,62 @@ FAST_VISION_MAX_BATCHED_LENGTH: int | None = 64
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+# Qwen VL chat vocabulary: the special tokens are added in a fixed order (<|endoftext|> <|im_start|>
+# <|im_end|> ... <|vision_start|> <|vision_end|> ...), so their ids sit at fixed offsets.
+_IM_START_OFFSET = -8
+_IM_END_OFFSET = -7
+_NEW_VIDEO_IN_CONTINUATION = (
+    "this KV cache was pruned by PruneVid: continue its conversation with text only. Its video is already in "
+    "the cache, so pass input_ids and attention_mask without pixel_values_videos; a new video needs a new "
+    "prompt without this cache"
+)
+# Where a pruned cache keeps its CacheLayout: an attribute, so copy.deepcopy(cache) carries its own copy.
+_LAYOUT_ATTRIBUTE = "_prunevid_layout"
+
+
+@dataclass
+class CacheLayout:
+    """What a KV cache that PruneVid pruned holds. It lives on the cache object itself (so a
+    ``copy.deepcopy`` of the cache carries its own copy) and grows with every token appended.
+
+    Attributes:
+        logical_length: tokens of the conversation (prompt and everything appended since) that the cache
+            stands for, counted unpruned: the length of the ``input_ids``/``attention_mask`` that
+            ``generate()`` holds for it.
+        valid: ``[B, S]`` bool, the physical rows of layers ``0..M`` (of every layer when
+            ``upper_valid`` is None) that may be attended to (False: padding).
+        next_position: ``[3, B]`` int64, the M-RoPE (t, h, w) position of each sample's next token: the
+            position stock transformers gives it in the unpruned conversation.
+        upper_valid: ``[B, S_up]`` bool, the rows of layers ``>= upper_start`` when Stage 3 was off (layers
+            ``0..M`` then keep every prompt token); None when every layer holds the same rows.
+        upper_start: the first layer ``upper_valid`` describes (``M + 1``), or None.
+    """
+
+    logical_length: int
+    valid: Tensor
+    next_position: Tensor
+    upper_valid: Tensor | None = None
+    upper_start: int | None = None
+
+    def new_positions(self, tail: Tensor) -> Tensor:
+        """M-RoPE positions ``[3, B, n]`` of ``n`` appended tokens with validity ``tail [B, n]``."""
+        steps = (tail.long().cumsum(1) - 1).clamp(min=0).to(self.next_position.device)
+        return self.next_position[:, :, None] + steps[None]
+
+    def append(self, tail: Tensor) -> None:
+        """Record ``n`` rows appended to every layer of the cache, with validity ``tail [B, n]`` bool."""
+        self.logical_length += tail.shape[1]
+        self.valid = torch.cat([self.valid, tail.to(self.valid.device)], dim=1)
+        if self.upper_valid is not None:
+            self.upper_valid = torch.cat([self.upper_valid, tail.to(self.upper_valid.device)], dim=1)
+        self.next_position = self.next_position + tail.sum(1).to(self.next_position)[None]
+
+
+def cache_layout(cache: Any) -> CacheLayout | None:
+    """The :class:`CacheLayout` of a KV cache that a pruned prefill produced (or a copy of one), else None."""
+    return getattr(cache, _LAYOUT_ATTRIBUTE, None) if cache is not None else None
+
+
 @dataclass
 class _Video:
     """One video span of one sample and what the stages made of it."""
@@ -80,25 +138,35 @@ class _Video:
 
 @dataclass
 class _Prefill:
-    """Per-prefill state, reset at the start of every prefill and kept for its decode steps."""
+    """State of one prefill, from ``model.model``'s pre-hook to the end of its language-model forward."""
 
     prompt_length: int
+    input_ids: Tensor | None  # [B, L] on the CPU (None with inputs_embeds only)
     videos: list[list[_Video]]  # per sample
     stats: PruneStats
     origin: Tensor | None = None  # [B, S] original prompt index of every slot; -1 for padding slots we add
     valid: Tensor | None = None  # [B, S] bool: the slot may be attended to
-    stage2_rows: list[int] = field(default_factory=list)  # per sample: first slot after its last video
-    query: Tensor | None = None  # [B, R, H*d] layer-M queries of the last R slots (pre-rotary)
+    question: list[Tensor] = field(default_factory=list)  # per sample: slots of its question rows
+    next_position: Tensor | None = None  # [3, B] M-RoPE position of the token after the prompt
+    stage1_origin: Tensor | None = None  # [B, S1] origin of the rows of layers 0..M
+    query: list[Tensor] = field(default_factory=list)  # per sample: [R_b, H*d] layer-M queries (pre-rotary)
     key: Tensor | None = None  # [B, S, H_kv*d] layer-M keys (pre-rotary)
     keep: Tensor | None = None  # [B, K] slots kept by Stage 2 (padded); None when nothing was removed
-    upper_mask: Tensor | None = None  # 4-D mask for layers > M during prefill
+    upper_mask: Tensor | None = None  # 4-D mask for layers > M
     upper_position: dict = field(default_factory=dict)  # gathered rotary tables, by id of the original
-    cache: Any = None
-    decoding: bool = False
     pruned: bool = False  # the physical sequence differs from the prompt
     lower_valid: Tensor | None = None  # [B, P] validity of the cache rows of layers 0..M after prefill
     upper_valid: Tensor | None = None  # [B, K] validity of the cache rows of layers > M
-    decode_upper_mask: Tensor | None = None
+
+
+@dataclass
+class _Step:
+    """A forward that appends tokens to a pruned cache (a decode step or a follow-up turn)."""
+
+    layout: CacheLayout
+    tail: Tensor  # [B, n] bool validity of the appended tokens
+    physical_length: int  # cache rows of layer 0 before the forward
+    upper_mask: Tensor | None = None  # 4-D mask for layers > M when they hold other rows (Stage 3 off)
 
 
 class Pruner:
@@ -106,6 +174,8 @@ class Pruner:
 
     Holds every hook it registered (:meth:`detach` removes them all and leaves the model exactly as it
     was; it is also a context manager) and the statistics of the last prefill in :attr:`last_stats`.
+    The state of a forward in flight is per thread, and a pruned cache carries its own
+    :class:`CacheLayout`, so threads may share one pruned model (``last_stats`` is then the last to finish).
     """
 
     def __init__(self, model: nn.Module, config: PruneVidConfig) -> None:
@@ -120,12 +190,14 @@ class Pruner:
         self.config = config
         self.last_stats: PruneStats | None = None
         language_model = model.model.language_model
+        self._language_model = language_model
         self._layers = language_model.layers
         self.pruning_layer = config.resolve_pruning_layer(len(self._layers)) if config.enable_stage2 else None
         self._video_token_id = model.config.video_token_id
+        self._image_token_id = model.config.image_token_id
+        self._vision_start_id = model.config.vision_start_token_id
         self._merge = model.config.vision_config.spatial_merge_size
-        self._state: _Prefill | None = None
-        self._pruned_caches: weakref.WeakSet = weakref.WeakSet()
+        self._local = threading.local()
         if config.enabled:
             _check_model_supports_pruning(model)
 
@@ -134,7 +206,10 @@ class Pruner:
             language_model.register_forward_hook(self._after_llm, with_kwargs=True),
         ]
         if config.enabled:
-            hooks.append(language_model.register_forward_pre_hook(self._before_llm, with_kwargs=True))
+            hooks += [
+                model.register_forward_pre_hook(self._on_top_call, with_kwargs=True),
+                language_model.register_forward_pre_hook(self._before_llm, with_kwargs=True),
+            ]
         if config.enable_stage2:
             layer = self._layers[self.pruning_layer]
             hooks += [
@@ -148,6 +223,7 @@ class Pruner:
             ]
         self._hooks = hooks
         self._fast_vision = _FastVision(model.model.visual) if config.fast_vision else None
+        self._generate = _GenerateGuard(model, self) if config.enabled else None
         _ATTACHED[model] = weakref.ref(self)  # a strong value would keep its key alive forever
 
     # ----------------------------------------------------------------- public API
@@ -159,7 +235,10 @@ class Pruner:
         if self._fast_vision is not None:
             self._fast_vision.remove()
             self._fast_vision = None
-        self._state = None
+        if self._generate is not None:
+            self._generate.remove()
+            self._generate = None
+        self._local = threading.local()
         if pruner_of(self.model) is self:
             del _ATTACHED[self.model]
 
@@ -182,82 +261,125 @@ class Pruner:
     def __repr__(self) -> str:
         return f"Pruner(attached={self.attached}, pruning_layer={self.pruning_layer}, config={self.config})"
 
-    # ----------------------------------------------------------------- bookkeeping
-    def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Start of a forward of ``model.model``: decide prefill or decode, find the video spans."""
-        cache = _cache_from(kwargs)
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        query_length = (input_ids if input_ids is not None else embeds).shape[1]
-        past = cache.get_seq_length() if cache is not None else 0
-        if self.config.enabled and torch.compiler.is_compiling():
-            raise RuntimeError(
-                "PruneVid cannot run inside torch.compile: the pruned length is data dependent"
-            )
-        if cache is not None and cache in self._pruned_caches:
-            state = self._state
-            if state is None or state.cache is not cache or past == 0 or query_length != 1:
-                raise RuntimeError(
-                    "this KV cache was pruned by PruneVid for one prompt and can only continue that prompt "
-                    "one token at a time; start a new generate() call without passing the old cache"
-                )
-            return  # a decode step: its cache passed the type check at its prefill
-        if self.config.enabled:
-            _check_cache(cache)
-        if past > 0:
-            # A cache we did not prune: continuing someone else's prefix. Nothing to prune in it.
-            if (
-                self.config.enabled
-                and input_ids is not None
-                and bool((input_ids == self._video_token_id).any())
-            ):
-                raise RuntimeError("PruneVid prunes videos only in a prefill that starts from an empty cache")
-            self._state = None
-            return
-        if input_ids is None:
-            if self.config.enabled:
-                raise ValueError(
-                    "PruneVid needs input_ids (it finds the video tokens there), got inputs_embeds only"
-                )
-            self._state = None
-            return
-        self._state = self._new_prefill(input_ids, kwargs.get("video_grid_thw"), kwargs.get("position_ids"))
+    def __deepcopy__(self, memo: dict) -> Pruner:
+        """``copy.deepcopy(model)`` copies its hooks and this pruner with them: the copy prunes the copy."""
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        for name, value in vars(self).items():  # per-thread state is not copied (nor copyable)
+            setattr(clone, name, threading.local() if name == "_local" else copy.deepcopy(value, memo))
+        if clone._hooks:
+            _ATTACHED[clone.model] = weakref.ref(clone)
+        return clone
 
-    def _new_prefill(
-        self, input_ids: Tensor, video_grid_thw: Tensor | None, position_ids: Tensor | None
-    ) -> _Prefill:
-        """Find every video span of every sample and its LLM token grid."""
-        is_video = (input_ids == self._video_token_id).cpu()
-        batch, length = is_video.shape
-        padded = torch.nn.functional.pad(is_video.int(), (1, 1))
-        change = padded[:, 1:] - padded[:, :-1]
-        starts = [torch.nonzero(change[b] == 1).flatten().tolist() for b in range(batch)]
-        ends = [torch.nonzero(change[b] == -1).flatten().tolist() for b in range(batch)]
-        spans = [(b, start, end) for b in range(batch) for start, end in zip(starts[b], ends[b], strict=True)]
-        if video_grid_thw is not None:
-            grids = [(t, h // self._merge, w // self._merge) for t, h, w in video_grid_thw.tolist()]
-        elif spans and position_ids is not None:
-            # 5.24's generate() encodes the videos first and drops video_grid_thw; the M-RoPE rows
-            # (height, width) of each span still give its grid.
-            grids = [_grid_from_positions(position_ids[-2:, b, start:end]) for b, start, end in spans]
-        elif spans:
-            raise ValueError(
-                "PruneVid needs video_grid_thw (or the model's position ids) to read the video grids"
+    # ----------------------------------------------------------------- entry checks
+    def _on_top_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """A forward of the whole model: remember whether it computes a loss (refused when pruning)."""
+        self._local.labels = kwargs.get("labels") is not None
+
+    def _check_can_prune(self, labels: bool) -> None:
+        """Refuse the ways of running a model that cannot hold a data-dependent pruned length."""
+        modules = (self.model, self.model.model, self.model.model.language_model, *self._layers)
+        if torch.compiler.is_compiling() or any(m._compiled_call_impl is not None for m in modules):
+            raise RuntimeError(
+                "PruneVid cannot run inside torch.compile: the pruned length is data dependent; "
+                "compile only the vision tower, or detach the pruner"
             )
-        else:
-            grids = []
-        if len(grids) != len(spans):
+        if labels:
             raise ValueError(
-                f"the prompt has {len(spans)} video spans but video_grid_thw describes {len(grids)} videos; "
-                "pass the processor's outputs unchanged"
+                "PruneVid cannot compute transformers' loss from labels: a pruned forward returns logits for "
+                "the kept rows only. Compute the loss on those rows yourself "
+                "(pruner.last_stats.samples[b].output_positions maps each row to its prompt position), "
+                "or detach the pruner"
             )
-        videos: list[list[_Video]] = [[] for _ in range(batch)]
+        if (
+            self.config.enable_stage2
+            and self.model.training
+            and torch.is_grad_enabled()
+            and any(
+                getattr(m, "gradient_checkpointing", False) for m in (self._language_model, *self._layers)
+            )
+        ):
+            raise RuntimeError(
+                "PruneVid Stage 2 cannot run with gradient checkpointing: the backward pass would run layer "
+                "M again without the selection; call model.gradient_checkpointing_disable(), or prune with "
+                "Stage 1 only"
+            )
+
+    # ----------------------------------------------------------------- bookkeeping
+    def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Start of a forward of ``model.model``: a prefill to prune, or tokens appended to a pruned cache."""
+        local = self._local
+        local.prefill = local.step = None
+        overlapping = getattr(local, "continuation", None)
+        local.continuation = None  # only the first call of a generate() re-feeds cached tokens
+        cache = _cache_from(kwargs)
+        layout = cache_layout(cache)
+        if layout is not None:
+            return self._on_pruned_cache(layout, cache, overlapping is layout, args, kwargs)
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        past = cache.get_seq_length() if cache is not None else 0
+        labels, local.labels = getattr(local, "labels", False), False
+        if not self.config.enabled:  # statistics only: count the video tokens, read nothing else
+            if past == 0 and input_ids is not None:
+                local.prefill = self._not_pruned(input_ids, None)
+            return None
+        has_video_data = _has_video_data(kwargs)
+        if past > 0:
+            if has_video_data:
+                raise RuntimeError(
+                    "PruneVid prunes a video only in a prefill that starts from an empty cache; this call "
+                    f"passes video inputs with a cache of {past} tokens that PruneVid did not prune. Start "
+                    "from an empty cache, or detach the pruner"
+                )
+            return None  # continuing an unpruned prefix with text: stock
+        if input_ids is None:
+            local.prefill = self._not_pruned(
+                kwargs["inputs_embeds"],
+                "inputs_embeds only: the video tokens cannot be found without input_ids",
+            )
+            return None
+        spans = _video_spans(input_ids, self._video_token_id)
+        if not spans or not has_video_data:
+            reason = "video-token ids without video data (pixel_values_videos): stock embeds them as text"
+            local.prefill = self._not_pruned(input_ids, reason if spans else None)
+            return None
+        self._check_can_prune(labels)
+        _check_cache(cache)
+        grids = self._video_grids(spans, kwargs.get("video_grid_thw"), kwargs.get("position_ids"))
+        videos: list[list[_Video]] = [[] for _ in range(input_ids.shape[0])]
         for (b, start, end), grid in zip(spans, grids, strict=True):
             if grid[0] * grid[1] * grid[2] != end - start:
                 raise ValueError(
                     f"sample {b}: a video span of {end - start} tokens does not match its grid {grid}"
                 )
             videos[b].append(_Video(start, end, grid, start, end, tokens_after_stage1=end - start))
+        local.prefill = self._new_prefill(input_ids, videos)
+        return None
+
+    def _video_grids(
+        self, spans: list[tuple[int, int, int]], video_grid_thw: Tensor | None, position_ids: Tensor | None
+    ) -> list[tuple[int, int, int]]:
+        """``(T', h', w')`` of every video span, from ``video_grid_thw`` or the M-RoPE positions."""
+        if video_grid_thw is not None:
+            grids = [(t, h // self._merge, w // self._merge) for t, h, w in video_grid_thw.tolist()]
+        elif position_ids is not None and position_ids.ndim == 3:
+            # 5.24's generate() encodes the videos first and drops video_grid_thw; the M-RoPE rows
+            # (height, width) of each span still give its grid.
+            grids = [_grid_from_positions(position_ids[-2:, b, start:end]) for b, start, end in spans]
+        else:
+            raise ValueError(
+                "PruneVid needs video_grid_thw (or the model's 3-D position ids) to read the video grids; "
+                "pass the processor's outputs unchanged"
+            )
+        if len(grids) != len(spans):
+            raise ValueError(
+                f"the prompt has {len(spans)} video spans but video_grid_thw describes {len(grids)} videos; "
+                "pass the processor's outputs unchanged"
+            )
+        return grids
+
+    def _new_prefill(self, input_ids: Tensor, videos: list[list[_Video]]) -> _Prefill:
+        batch, length = input_ids.shape
         stats = PruneStats(
             samples=[
                 SampleStats(
@@ -277,18 +399,44 @@ class Pruner:
             ],
             pruning_layer=self.pruning_layer,
         )
-        return _Prefill(prompt_length=length, videos=videos, stats=stats)
+        return _Prefill(prompt_length=length, input_ids=input_ids.cpu(), videos=videos, stats=stats)
+
+    def _not_pruned(self, tokens: Tensor, reason: str | None) -> _Prefill:
+        """A prefill left stock (every stage off, or nothing to prune); the statistics say why."""
+        batch, length = tokens.shape[:2]
+        if tokens.is_floating_point():  # inputs_embeds: no token ids to count videos in
+            stats = PruneStats(samples=[SampleStats(prompt_length=length) for _ in range(batch)])
+        else:
+            stats = _count_stats(tokens, self._video_token_id)
+        stats.pruning_layer, stats.not_pruned = self.pruning_layer, reason
+        for sample in stats.samples:
+            if self.config.enable_stage2:
+                sample.stage2_skipped = (
+                    "no video data in this sample" if sample.videos else "no video in this sample"
+                )
+        return _Prefill(prompt_length=length, input_ids=None, videos=[[] for _ in range(batch)], stats=stats)
 
     def _after_llm(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        """End of a language-model forward: after a prefill, record the statistics."""
-        state = self._state
-        if state is None or state.decoding:
-            return
+        """End of a language-model forward: record the statistics, or what the step appended."""
+        local = self._local
         cache = (
             _cache_from(kwargs) or getattr(output, "cache", None) or getattr(output, "past_key_values", None)
         )
-        state.cache = cache
+        step, local.step = getattr(local, "step", None), None
+        if step is not None:
+            grown = cache is not None and cache.get_seq_length() == step.physical_length + step.tail.shape[1]
+            if grown:  # use_cache=False leaves the cache as it was
+                step.layout.append(step.tail)
+            return
+        state, local.prefill = getattr(local, "prefill", None), None
+        if state is None:
+            return
         stats = state.stats
+        everything = list(range(state.prompt_length))
+        for b, sample in enumerate(stats.samples):
+            first = state.stage1_origin[b].tolist() if state.stage1_origin is not None else everything
+            sample.stage1_positions = first
+            sample.output_positions = state.origin[b].tolist() if state.origin is not None else everything
         if isinstance(cache, DynamicCache) and cache.get_seq_length() > 0:
             layers = [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
             stats.kv_cache_length = [int(layer.keys.shape[-2]) for layer in layers]
@@ -298,45 +446,146 @@ class Pruner:
                 for layer in layers
             )
             if state.pruned:
-                self._pruned_caches.add(cache)
-                if _TRANSFORMERS_MAJOR >= 5:
-                    # 5.x decodes a manual loop at cache length + rope_deltas; generate() passes explicit
-                    # positions. Keep both at the positions the unpruned prompt gives (4.57 counts logically).
-                    deltas = self.model.model.rope_deltas
-                    if deltas is not None:
-                        self.model.model.rope_deltas = deltas + (
-                            state.prompt_length - stats.kv_cache_length[0]
-                        )
-        if state.lower_valid is None:
-            state.lower_valid = state.valid
-        state.decoding = True
+                setattr(cache, _LAYOUT_ATTRIBUTE, self._layout(state))
         self.last_stats = stats
 
-    # ----------------------------------------------------------------- before the LLM (Stage 1, decode masks)
+    @staticmethod
+    def _next_position(positions: Tensor, mask: Tensor | None) -> Tensor:
+        """M-RoPE position ``[3, B]`` stock generate() gives the first token after the prompt.
+
+        ``positions`` ``[3, B, L]`` of the prompt, ``mask`` ``[B, L]`` or None. 5.x appends the last column
+        plus one; 4.57 decodes at ``cache_position + rope_deltas``, which is the largest position of the
+        sample's valid tokens plus one on all rows (computed here, not read from the model's
+        ``rope_deltas``, which other threads may overwrite).
+        """
+        if _TRANSFORMERS_MAJOR >= 5:
+            return positions[:, :, -1] + 1
+        valid = torch.ones(positions.shape[1:], dtype=torch.bool, device=positions.device)
+        if mask is not None:
+            valid = mask.to(positions.device).bool()
+        largest = positions.masked_fill(~valid[None], torch.iinfo(positions.dtype).min).amax(dim=(0, 2))
+        return (largest + 1)[None].expand(3, -1)
+
+    def _layout(self, state: _Prefill) -> CacheLayout:
+        """The layout of the cache a pruned prefill leaves."""
+        next_position = state.next_position
+        separate_upper = state.keep is not None and not self.config.enable_cache_compression
+        return CacheLayout(
+            logical_length=state.prompt_length,
+            valid=state.lower_valid,
+            next_position=next_position.clone(),
+            upper_valid=state.upper_valid if separate_upper else None,
+            upper_start=self.pruning_layer + 1 if separate_upper else None,
+        )
+
+    # ----------------------------------------------------------------- appending to a pruned cache
+    def _on_pruned_cache(
+        self, layout: CacheLayout, cache: Any, overlapping: bool, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict]:
+        """Tokens appended to a pruned cache (decode steps, follow-up turns): physical mask and positions.
+
+        ``generate()`` sizes everything by the cache's physical length, so on the first call of a
+        generate() that continues a pruned cache the input re-feeds the ``logical - physical`` tokens the
+        cache already holds: they are dropped here. Positions continue the unpruned conversation.
+        """
+        if _has_video_data(kwargs):
+            raise ValueError(_NEW_VIDEO_IN_CONTINUATION)
+        upper_start = self.pruning_layer + 1 if self.config.enable_stage2 else None
+        if layout.upper_valid is not None and layout.upper_start != upper_start:
+            raise RuntimeError(
+                f"this cache keeps other rows in layers >= {layout.upper_start} (Stage 3 was off); "
+                "continue it with the pruner configuration that made it"
+            )
+        changed = dict(kwargs)
+        if args:
+            changed["input_ids"] = args[0]
+        tokens = changed.get("input_ids")
+        tokens = tokens if tokens is not None else changed["inputs_embeds"]
+        batch, length = tokens.shape[:2]
+        physical = layout.valid.shape[1]
+        if cache.get_seq_length() != physical:
+            raise RuntimeError(
+                f"this pruned cache holds {cache.get_seq_length()} rows but PruneVid recorded {physical}: "
+                "it was cropped or changed outside PruneVid (assisted decoding and cache.crop() cannot run "
+                "on a pruned cache)"
+            )
+        if batch != layout.valid.shape[0]:
+            raise ValueError(f"this pruned cache holds {layout.valid.shape[0]} samples, not {batch}")
+        drop = layout.logical_length - physical if overlapping else 0
+        if length <= drop:
+            raise ValueError(
+                f"this pruned cache stands for {layout.logical_length} tokens; pass the whole conversation "
+                "(those tokens and the new ones) to generate()"
+            )
+        if drop:
+            for name in ("input_ids", "inputs_embeds", "position_ids", "mm_token_type_ids", "token_type_ids"):
+                value = changed.get(name)
+                if value is not None:
+                    changed[name] = (
+                        value[:, drop:] if name in ("input_ids", "inputs_embeds") else value[..., drop:]
+                    )
+        new = length - drop
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            if mask.ndim != 2 or mask.shape[1] != layout.logical_length + new:
+                raise RuntimeError(
+                    f"the attention mask has shape {tuple(mask.shape)}, but this pruned cache stands for "
+                    f"{layout.logical_length} tokens and {new} are new: pass the whole conversation's mask"
+                )
+            tail = mask[:, layout.logical_length :].to(layout.valid.device).bool()
+        else:
+            tail = torch.ones(batch, new, dtype=torch.bool, device=layout.valid.device)
+        positions = layout.new_positions(tail)
+        given = changed.get("position_ids")
+        if given is not None and given.ndim == 3 and given.shape[0] == 4:  # 5.x: row 0 holds text positions
+            positions = torch.cat([given[:1].to(positions), positions])
+        changed["position_ids"] = positions
+        lower = torch.cat([layout.valid, tail], dim=1)
+        changed["attention_mask"] = None if mask is None and bool(lower.all()) else lower.long()
+        if kwargs.get("cache_position") is not None:  # 4.57: positions of the physical rows
+            changed["cache_position"] = torch.arange(physical, physical + new, device=tokens.device)
+        step = _Step(layout, tail, physical)
+        if layout.upper_valid is not None:
+            dtype = self.model.model.language_model.embed_tokens.weight.dtype
+            upper = torch.cat([layout.upper_valid, tail.to(layout.upper_valid.device)], dim=1)
+            step.upper_mask = self._mask_4d(upper, new, dtype)
+        self._local.step = step
+        return (), changed
+
+    # ----------------------------------------------------------------- before the LLM (Stage 1)
     def _before_llm(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        state = self._state
+        state = getattr(self._local, "prefill", None)
         if state is None:
             return None
-        if state.decoding:
-            return self._remap_decode_mask(state, args, kwargs) if state.pruned else None
+        if not any(state.videos):
+            return None
         mask = kwargs.get("attention_mask")
         if mask is not None and (isinstance(mask, dict) or mask.ndim != 2):
             raise ValueError(
                 "PruneVid needs a 2-D attention mask (batch, length) or none, not a prepared 4-D mask"
             )
-        if not any(state.videos):
-            for sample in state.stats.samples:
-                sample.stage2_skipped = "no video in this sample" if self.config.enable_stage2 else None
-            return None
         self._check_attention()
         embeds = kwargs["inputs_embeds"]
         batch, length = embeds.shape[:2]
+        position_ids = kwargs.get("position_ids")
+        if position_ids is None:
+            raise ValueError(
+                "PruneVid needs the model's 3-D (M-RoPE) position ids; on transformers 5.x pass the "
+                "processor's mm_token_type_ids along with the other processor outputs"
+            )
+        if position_ids.ndim == 2:  # text positions for every row, as the stock model expands them
+            position_ids = position_ids[None].expand(3, -1, -1)
+        state.next_position = self._next_position(position_ids[-3:], mask)
         state.origin = torch.arange(length, device=embeds.device).expand(batch, length)
         state.valid = torch.ones(batch, length, dtype=torch.bool, device=embeds.device)
         if mask is not None:
             state.valid = mask.to(embeds.device).bool()
-        changed = self._merge_videos(state, kwargs) if self.config.enable_stage1 else None
+        changed = None
+        if self.config.enable_stage1:
+            changed = self._merge_videos(state, {**kwargs, "position_ids": position_ids})
         self._record_videos(state)
+        state.stage1_origin = state.origin
+        state.lower_valid = state.upper_valid = state.valid
         if self.config.enable_stage2:
             self._prepare_stage2(state)
         return None if changed is None else (args, changed)
@@ -344,13 +593,7 @@ class Pruner:
     def _merge_videos(self, state: _Prefill, kwargs: dict) -> dict | None:
         """Stage 1: replace every video span by its merged tokens; gather positions and mask."""
         embeds: Tensor = kwargs["inputs_embeds"]
-        position_ids: Tensor | None = kwargs.get("position_ids")
-        if position_ids is None or position_ids.ndim != 3:
-            raise ValueError(
-                "PruneVid needs the model's 3-D (M-RoPE) position ids; on transformers 5.x pass the "
-                "processor's "
-                "mm_token_type_ids along with the other processor outputs"
-            )
+        position_ids: Tensor = kwargs["position_ids"]
         batch, length = embeds.shape[:2]
         rows = position_ids.shape[0]
         sequences = []
@@ -391,14 +634,16 @@ class Pruner:
             return None  # nothing merged: the sequence is the prompt itself; leave the inputs untouched
 
         new_length = max(len(origin) for _, _, origin in sequences)
-        new_embeds = embeds.new_zeros(batch, new_length, embeds.shape[-1])
-        new_pos = position_ids.new_zeros(rows, batch, new_length)
         origin = torch.full((batch, new_length), -1, dtype=torch.long, device=embeds.device)
+        embeds_rows, position_rows = [], []
         for b, (seq_embeds, seq_pos, seq_origin) in enumerate(sequences):
             pad = new_length - len(seq_origin)  # left padding keeps every sample's last token last
-            new_embeds[b, pad:] = seq_embeds
-            new_pos[:, b, pad:] = seq_pos
+            # Out of place (pad, then stack): autograd records the merge, and no input is written to.
+            embeds_rows.append(torch.nn.functional.pad(seq_embeds, (0, 0, pad, 0)))
+            position_rows.append(torch.nn.functional.pad(seq_pos, (pad, 0)))
             origin[b, pad:] = seq_origin
+        new_embeds = torch.stack(embeds_rows)
+        new_pos = torch.stack(position_rows, dim=1)
         valid = (origin >= 0) & state.valid.gather(1, origin.clamp(min=0))
         state.origin, state.valid, state.pruned = origin, valid, True
 
@@ -433,38 +678,50 @@ class Pruner:
 
     # ----------------------------------------------------------------- Stage 2 and 3 (layer M)
     def _prepare_stage2(self, state: _Prefill) -> None:
-        """Before layer M runs: which rows are the question of each sample (after its last video)."""
-        state.stage2_rows = []
+        """Before layer M runs: the question rows of each sample (valid slots only)."""
+        state.question = []
         for b, sample in enumerate(state.videos):
             stats = state.stats.samples[b]
             if not sample:
                 stats.stage2_skipped = "no video in this sample"
-                state.stage2_rows.append(state.origin.shape[1])
+                state.question.append(torch.zeros(0, dtype=torch.long))
                 continue
-            last = sample[-1].slot_end
-            state.stage2_rows.append(last)
-            if last >= state.origin.shape[1]:
-                stats.stage2_skipped = "no text after the last video"
+            rows, source = _question_rows(
+                state.input_ids[b], sample, self._vision_start_id, self._video_token_id, self._image_token_id
+            )
+            origin = state.origin[b]
+            is_row = torch.zeros(state.prompt_length + 1, dtype=torch.bool, device=origin.device)
+            is_row[rows.to(origin.device)] = True
+            slots = torch.nonzero(
+                is_row[origin] & state.valid[b]
+            ).flatten()  # origin -1 reads the spare entry
+            state.question.append(slots)
+            stats.question_rows = origin[slots].tolist()
+            if len(slots) == 0:
+                stats.stage2_skipped = "no question text in the turn of the video"
+            else:
+                stats.question_source = source
 
     def _keep_queries(self, module: nn.Module, args: tuple, output: Tensor) -> None:
-        state = self._state
-        if state is not None and not state.decoding and state.stage2_rows:
-            first = min(state.stage2_rows)
-            state.query = output[:, first:].detach()
+        state = getattr(self._local, "prefill", None)
+        if state is not None and state.question:
+            state.query = [
+                output[b, slots.to(output.device)].detach() for b, slots in enumerate(state.question)
+            ]
 
     def _keep_keys(self, module: nn.Module, args: tuple, output: Tensor) -> None:
-        state = self._state
-        if state is not None and not state.decoding and state.stage2_rows:
+        state = getattr(self._local, "prefill", None)
+        if state is not None and state.question:
             state.key = output.detach()
 
     def _select(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         """After layer M: score, select, gather the hidden states, cut the caches of layers 0..M."""
-        state = self._state
-        if state is None or state.decoding or not state.stage2_rows:
+        state = getattr(self._local, "prefill", None)
+        if state is None or not state.question or state.key is None:
             return None
         with torch.no_grad():
             keep_lists = self._stage2_keep(state)
-        state.query = state.key = None
+        state.query, state.key = [], None
         if keep_lists is None:
             return None
         hidden = output[0] if isinstance(output, tuple) else output
@@ -479,12 +736,10 @@ class Pruner:
 
         gathered = hidden.gather(1, keep[..., None].expand(-1, -1, hidden.shape[-1]))
         gathered = torch.where(keep_valid[..., None], gathered, torch.zeros_like(gathered))
-        lower_valid = state.valid
         state.origin = torch.where(keep_valid, state.origin.to(device).gather(1, keep), -1)
         state.valid = keep_valid & state.valid.to(device).gather(1, keep)
         state.keep, state.pruned = keep, True
         state.upper_valid = state.valid
-        state.lower_valid = lower_valid
         cache = _cache_from(kwargs)
         if self.config.enable_cache_compression and cache is not None:
             for layer in cache.layers[: self.pruning_layer + 1]:
@@ -499,8 +754,7 @@ class Pruner:
         """Per sample, the slots kept after Stage 2 (increasing); None when every video token is kept."""
         attention = self._layers[self.pruning_layer].self_attn
         head_dim = attention.head_dim
-        first_row = min(state.stage2_rows)
-        query, key = state.query, state.key
+        key = state.key
         keep_lists, removed = [], False
         fastv = isinstance(self.config, ReferenceConfig)  # the in-LLM reference method: one budget a video
         for b, sample in enumerate(state.videos):
@@ -510,8 +764,7 @@ class Pruner:
             if stats.stage2_skipped is not None:
                 keep_lists.append(slots.cpu())
                 continue
-            row_start = state.stage2_rows[b]
-            q = query[b, row_start - first_row :].view(-1, attention.config.num_attention_heads, head_dim)
+            q = state.query[b].view(-1, attention.config.num_attention_heads, head_dim)
             if fastv:
                 q = q[-1:]  # FastV ranks by the last prompt token's attention only
             k = key[b, slots].view(len(slots), -1, head_dim)
@@ -544,16 +797,16 @@ class Pruner:
 
     def _before_upper_layer(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Layers after M run on the kept tokens: give them gathered positions and masks."""
-        state = self._state
+        step = getattr(self._local, "step", None)
+        if step is not None:
+            if step.layout.upper_valid is None:
+                return None  # every layer has the same cache; the physical 2-D mask fits all of them
+            return args, {**kwargs, "attention_mask": step.upper_mask}
+        state = getattr(self._local, "prefill", None)
         if state is None or state.keep is None:
             return None
-        changed = dict(kwargs)
-        if state.decoding:
-            if self.config.enable_cache_compression:
-                return None  # every layer has the same cache; the remapped 2-D mask fits all of them
-            changed["attention_mask"] = state.decode_upper_mask
-            return args, changed
         keep = state.keep
+        changed = dict(kwargs)
         changed["attention_mask"] = state.upper_mask
         cos, sin = kwargs["position_embeddings"]
         cached = state.upper_position.get(id(cos))
@@ -569,51 +822,23 @@ class Pruner:
             changed["cache_position"] = torch.arange(length, device=keep.device)
         return args, changed
 
-    # ----------------------------------------------------------------- decoding
-    def _remap_decode_mask(self, state: _Prefill, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """Map the unpruned-length 2-D mask of a decode step onto the pruned cache rows."""
-        embeds = kwargs["inputs_embeds"]
-        if embeds.shape[1] != 1:
-            raise RuntimeError(
-                "a pruned prompt decodes one token per step (no assisted or speculative decoding)"
-            )
-        mask = kwargs.get("attention_mask")
-        cache = _cache_from(kwargs)
-        new_rows = cache.layers[0].keys.shape[-2] - state.lower_valid.shape[1] + 1
-        if mask is not None:
-            if mask.ndim != 2 or mask.shape[1] != state.prompt_length + new_rows:
-                raise RuntimeError("attention mask does not match the pruned prompt being decoded")
-            tail = mask[:, state.prompt_length :].to(state.lower_valid.device).bool()
-        else:
-            tail = torch.ones(embeds.shape[0], new_rows, dtype=torch.bool, device=state.lower_valid.device)
-        changed = dict(kwargs)
-        lower = torch.cat([state.lower_valid, tail], dim=1)
-        changed["attention_mask"] = None if mask is None and bool(lower.all()) else lower.long()
-        if state.keep is not None and not self.config.enable_cache_compression:
-            upper = torch.cat([state.upper_valid, tail.to(state.upper_valid.device)], dim=1)
-            all_valid = mask is None and bool(upper.all())
-            state.decode_upper_mask = None if all_valid else self._mask_4d(upper, 1, embeds.dtype)
-        return args, changed
-
     # ----------------------------------------------------------------- helpers
     def _mask_4d(self, key_valid: Tensor, query_length: int, dtype: torch.dtype) -> Tensor | None:
         """The mask the attention implementation expects, for queries at the last ``query_length`` rows.
 
-        ``key_valid`` ``[B, S]`` bool. Prefill (``query_length == S``): causal over the kept order, invalid
-        keys hidden; an invalid query row still sees itself so its (unused) output stays finite. Decode
-        (``query_length == 1``): every valid key. sdpa takes a bool mask (or None for plain causal), eager
-        an additive float mask; the result is ``[B, 1, query_length, S]``.
+        ``key_valid`` ``[B, S]`` bool. Query ``i`` (row ``S - query_length + i``) sees every valid key up to
+        its own row; an invalid query row still sees itself so its (unused) output stays finite. sdpa
+        takes a bool mask (or None for plain causal when every key is valid and the queries are all rows
+        or one row), eager an additive float mask; the result is ``[B, 1, query_length, S]``.
         """
         implementation = self._attention_implementation()
         batch, length = key_valid.shape
-        if implementation == "sdpa" and bool(key_valid.all()):
+        if implementation == "sdpa" and query_length in (1, length) and bool(key_valid.all()):
             return None
-        if query_length == length:
-            rows = torch.arange(length, device=key_valid.device)
-            allowed = (rows[None, :] <= rows[:, None])[None] & key_valid[:, None, :]
-            allowed.diagonal(dim1=-2, dim2=-1).fill_(True)
-        else:
-            allowed = key_valid[:, None, :].expand(batch, query_length, length)
+        rows = torch.arange(length - query_length, length, device=key_valid.device)
+        keys = torch.arange(length, device=key_valid.device)
+        allowed = (keys[None, :] <= rows[:, None])[None] & key_valid[:, None, :]
+        allowed |= (keys[None, :] == rows[:, None])[None]
         allowed = allowed[:, None]
         if implementation == "sdpa":
             return allowed
@@ -633,6 +858,58 @@ class Pruner:
             )
 
 
+class _GenerateGuard:
+    """An instance-level ``generate`` on the pruned model (class and other models untouched).
+
+    It refuses ``use_cache=False`` (every step would re-run the prompt, and Stage 2 would select again with
+    the generated tokens counted as question rows), and tells the pruner when a call continues a pruned
+    cache, whose first forward re-feeds the tokens the cache already holds. :meth:`remove` restores it.
+    """
+
+    def __init__(self, model: nn.Module, pruner: Pruner) -> None:
+        self._model = model
+        self._previous = vars(model).get("generate")  # someone else's instance-level generate, kept
+        self._pruner = pruner
+        self._generate = functools.partial(_guarded_generate, model, self)
+        model.generate = self._generate
+
+    def call_original(self, *args: Any, **kwargs: Any) -> Any:
+        if self._previous is not None:
+            return self._previous(*args, **kwargs)
+        return type(self._model).generate(self._model, *args, **kwargs)
+
+    def remove(self) -> None:
+        if vars(self._model).get("generate") is self._generate:
+            if self._previous is not None:
+                self._model.generate = self._previous
+            else:
+                del self._model.generate
+
+
+def _guarded_generate(model: nn.Module, guard: _GenerateGuard, *args: Any, **kwargs: Any) -> Any:
+    """``model.generate`` with a PruneVid pruner attached (see :class:`_GenerateGuard`)."""
+    pruner = guard._pruner
+    if not pruner.attached:
+        return guard.call_original(*args, **kwargs)
+    use_cache = kwargs.get("use_cache", getattr(kwargs.get("generation_config"), "use_cache", None))
+    if use_cache is None:
+        use_cache = getattr(model.generation_config, "use_cache", True)
+    if use_cache is False:
+        raise ValueError(
+            "PruneVid needs the KV cache: generate(use_cache=False) re-runs the whole prompt at every step, "
+            "so the pruning would be decided again with the generated tokens counted as question; call "
+            "generate() with use_cache=True (the default)"
+        )
+    layout = cache_layout(_cache_from(kwargs))
+    if layout is not None and _has_video_data(kwargs):  # 4.57's generate() would drop them silently
+        raise ValueError(_NEW_VIDEO_IN_CONTINUATION)
+    pruner._local.continuation = layout
+    try:
+        return guard.call_original(*args, **kwargs)
+    finally:
+        pruner._local.continuation = None
+
+
 def attach(model: nn.Module, config: PruneVidConfig | None = None) -> Pruner:
     """Attach PruneVid to a stock ``Qwen2_5_VLForConditionalGeneration`` loaded with ``from_pretrained``.
 
@@ -648,6 +925,64 @@ def pruner_of(model: nn.Module) -> Pruner | None:
     """The pruner attached to ``model``, or None."""
     ref = _ATTACHED.get(model)
     return None if ref is None else ref()
+
+
+def _has_video_data(kwargs: dict) -> bool:
+    """Whether a forward carries video pixels or encoded video features (not only ids or grids)."""
+    encoded = kwargs.get("mm_encoder_outputs")
+    return kwargs.get("pixel_values_videos") is not None or (
+        isinstance(encoded, dict) and encoded.get("video") is not None
+    )
+
+
+def _video_spans(input_ids: Tensor, video_token_id: int) -> list[tuple[int, int, int]]:
+    """``(sample, start, end)`` of every run of video tokens, in order."""
+    is_video = (input_ids == video_token_id).cpu()
+    padded = torch.nn.functional.pad(is_video.int(), (1, 1))
+    change = padded[:, 1:] - padded[:, :-1]
+    spans = []
+    for b in range(is_video.shape[0]):
+        starts = torch.nonzero(change[b] == 1).flatten().tolist()
+        ends = torch.nonzero(change[b] == -1).flatten().tolist()
+        spans += [(b, start, end) for start, end in zip(starts, ends, strict=True)]
+    return spans
+
+
+def _count_stats(input_ids: Tensor, video_token_id: int) -> PruneStats:
+    """Statistics of a prompt nothing was done to: every video token kept."""
+    videos: list[list[VideoStats]] = [[] for _ in range(input_ids.shape[0])]
+    for b, start, end in _video_spans(input_ids, video_token_id):
+        indices = list(range(start, end))
+        videos[b].append(VideoStats(end - start, end - start, end - start, indices, list(indices)))
+    length = input_ids.shape[1]
+    return PruneStats(samples=[SampleStats(prompt_length=length, videos=sample) for sample in videos])
+
+
+def _question_rows(
+    input_ids: Tensor, videos: list[_Video], vision_start_id: int, video_id: int, image_id: int
+) -> tuple[Tensor, str]:
+    """Prompt positions of one sample's question rows and where they come from.
+
+    ``input_ids`` ``[L]`` (CPU). With the chat template, the rows are the text of the user turn that holds
+    the videos (after its role header, before, between and after the videos; vision markers and image
+    tokens excluded) and everything after the last video, as the paper scores it. Without a chat turn
+    around the videos (a raw prompt), only the tokens after the last video. Padding is removed by the caller.
+    """
+    ids = input_ids.tolist()
+    first, last = videos[0].start, videos[-1].end
+    after = torch.arange(last, len(ids))
+    im_start, im_end = vision_start_id + _IM_START_OFFSET, vision_start_id + _IM_END_OFFSET
+    turn = next((i for i in range(first - 1, -1, -1) if ids[i] == im_start), None)
+    ends = [i for i in range(len(ids) - 1) if ids[i] == im_end]
+    if turn is None or not ends:
+        return after, "after the last video"
+    newline = ids[ends[0] + 1]  # the template writes "<|im_end|>\n" after every turn
+    header_end = next((i for i in range(turn + 1, first) if ids[i] == newline), None)
+    if header_end is None:
+        return after, "after the last video"
+    not_text = {vision_start_id, vision_start_id + 1, video_id, image_id}
+    inside = [i for i in range(header_end + 1, last) if ids[i] not in not_text]
+    return torch.cat([torch.tensor(inside, dtype=torch.long), after]), "user turn"
 
 
 class _FastVision:

@@ -301,21 +301,6 @@ def test_stage3_off_keeps_full_caches_in_layers_up_to_m(
     assert lengths[layer + 1] < lengths[0]
 
 
-def test_pruned_cache_cannot_be_reused(models: dict[str, Any], prompts: dict[str, Any]) -> None:
-    model, inputs = models["sdpa"], prompts["single"]
-    with attach(model, PruneVidConfig.preset("paper")):
-        out = generate(model, inputs)
-        follow_up = dict(inputs)
-        follow_up["input_ids"] = out.sequences
-        follow_up["attention_mask"] = torch.ones_like(out.sequences)
-        if "mm_token_type_ids" in follow_up:
-            follow_up["mm_token_type_ids"] = torch.nn.functional.pad(
-                inputs["mm_token_type_ids"], (0, out.sequences.shape[1] - inputs["input_ids"].shape[1])
-            )
-        with pytest.raises(RuntimeError, match="pruned by PruneVid"):
-            generate(model, follow_up, past_key_values=out.past_key_values)
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_generates(tiny_checkpoint: Any, prompts: dict[str, Any], dtype: torch.dtype) -> None:
     model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
