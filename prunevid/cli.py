@@ -33,6 +33,9 @@ REFERENCE_METHODS = ("random", "uniform_frames", "evs", "fastv")  # prunevid.ref
 EVAL_DEFAULT_FRAMES = 32  # prunevid.evaluation.DEFAULT_FRAMES
 EVAL_DEFAULT_MAX_NEW_TOKENS = 16  # prunevid.evaluation.DEFAULT_MAX_NEW_TOKENS
 SYNTHETIC_HELD_OUT = 1000  # questions in the synthetic held-out set
+BUNDLED = (
+    "bundled"  # --model name of the small model that ships with prunevid (prunevid/data/synthetic-model)
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     ask_cmd.add_argument("video", help="path of a video file")
     ask_cmd.add_argument("question")
     ask_cmd.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"hub id or local checkpoint folder (default {DEFAULT_MODEL})"
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"hub id, local checkpoint folder, or {BUNDLED!r}: the small model that ships with prunevid, "
+        f"trained on generated clips (default {DEFAULT_MODEL})",
     )
     _add_common(ask_cmd)
     sampling = ask_cmd.add_mutually_exclusive_group()
@@ -103,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--sample", type=int, default=0, help="which held-out question of the synthetic benchmark (default 0)"
     )
+    demo.add_argument("--save-clip", type=Path, help="also keep the generated clip as this video file")
     demo.set_defaults(run=_run_demo, max_new_tokens=16)
     _add_eval(commands)
     return parser
@@ -127,8 +134,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     )
     command.add_argument(
         "--model",
-        help=f"hub id or local checkpoint (default {DEFAULT_MODEL}; for synthetic, the small model trained "
-        "on it that ships with prunevid)",
+        help=f"hub id, local checkpoint folder or {BUNDLED!r} (default {DEFAULT_MODEL}; for synthetic, "
+        "the bundled small model trained on it)",
     )
     command.add_argument(
         "--presets",
@@ -210,7 +217,9 @@ def _run_eval(args: argparse.Namespace) -> int:
             # else a set of your own (another seed or size) in --data: used as it is
     if world_size > 1:
         torch.distributed.barrier()
-    model_id = args.model or (synthetic_qa.MODEL_DIR if synthetic else DEFAULT_MODEL)
+    model_id = (
+        _model_path(args.model) if args.model else (synthetic_qa.MODEL_DIR if synthetic else DEFAULT_MODEL)
+    )
     samples = read_benchmark(args.benchmark, data)  # bad data fails before the model loads
     out = args.out or Path("prunevid-eval") / f"{args.benchmark}-{Path(str(model_id).rstrip('/')).name}"
     kwargs: dict = {"device_map": "auto"} if torch.cuda.is_available() else {}
@@ -282,6 +291,15 @@ def _print_notes(clip: VideoClip, quiet: bool) -> None:
         print(f"prunevid: note: {note}", file=sys.stderr)
 
 
+def _model_path(model: str) -> str | Path:
+    """``--model`` as given, or the bundled model's folder for :data:`BUNDLED`."""
+    if model == BUNDLED:
+        from prunevid.synthetic_qa import MODEL_DIR
+
+        return MODEL_DIR
+    return model
+
+
 def _describe_clip(clip: VideoClip) -> str:
     frames, height, width = clip.frames.shape[:3]
     return f"{frames} frames of {width}x{height}"
@@ -291,6 +309,7 @@ def _run_ask(args: argparse.Namespace) -> int:
     from prunevid.pipeline import ask, check_model_source, load
     from prunevid.video import load_video
 
+    args.model = _model_path(args.model)
     check_model_source(args.model)  # a typo fails now, not after decoding
     # The video is decoded (exists, decodes, has >= 2 frames) before the model loads: a wrong path must
     # not cost a 7B model load.
@@ -343,7 +362,9 @@ def _run_demo(args: argparse.Namespace) -> int:
         with _step(f"generating clip and question {args.sample}", args.quiet):
             sample = synthetic_qa.make_sample(synthetic_qa.EVAL_SEED, args.sample)
             question = format_prompt(sample.question, sample.options)
-            video = write_video(sample.frames, Path(folder) / "demo.mp4", fps=synthetic_qa.FPS)
+            video = write_video(
+                sample.frames, args.save_clip or Path(folder) / "demo.mp4", fps=synthetic_qa.FPS
+            )
         with _step("decoding it", args.quiet) as details:
             clip = load_video(video)
             details.append(_describe_clip(clip))

@@ -56,6 +56,7 @@ __all__ = [
     "TRAIN_SEED",
     "QASample",
     "check_answerable",
+    "demo_clip",
     "make_sample",
     "object_map",
     "render_scene",
@@ -793,3 +794,19 @@ def _existing_records(folder: Path, seed: int, size: int, num_frames: int) -> li
             f"{(_FORMAT_VERSION, seed, size, num_frames)}): choose another folder"
         )
     return list(index["samples"])
+
+
+def demo_clip(path: str | os.PathLike = "clip.mp4", sample: int = 0) -> tuple[Path, str]:
+    """Write held-out sample ``sample`` as a video file and return it with its multiple-choice prompt.
+
+    What ``prunevid demo`` asks, for trying the bundled model (:data:`MODEL_DIR`) offline: 16 frames of
+    224x224 at :data:`FPS`, written with :func:`prunevid.synthetic.write_video`.
+
+    Returns:
+        ``(path, prompt)``: the video file, and the question with its options A-D and the answer instruction.
+    """
+    from prunevid.evaluation import format_prompt
+    from prunevid.synthetic import write_video
+
+    qa = make_sample(EVAL_SEED, sample)
+    return write_video(qa.frames, path, fps=FPS), format_prompt(qa.question, qa.options)

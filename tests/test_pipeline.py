@@ -172,7 +172,18 @@ def test_video_with_no_text_after_it_skips_stage2(models: dict[str, Any], tiny_p
 
 def test_cli_demo_runs_offline(capsys: pytest.CaptureFixture) -> None:
     assert main(["demo", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    # Each long step says what it is doing as it starts, and its time when it ends.
+    steps = [line.split(" ...")[0] for line in captured.err.splitlines()]
+    assert steps == [
+        "prunevid: loading the bundled small model",
+        "prunevid: generating clip and question 0",
+        "prunevid: decoding it",
+        "prunevid: stock answer (baseline)",
+        "prunevid: pruned answer (paper)",
+    ]
+    assert all(line.endswith(" s") for line in captured.err.splitlines())
     stock, paper = result["results"]["baseline"], result["results"]["paper"]
     assert result["gold"] in "ABCD" and "A. " in result["question"]
     assert stock["stats"]["retention"] == 1.0 and paper["stats"]["retention"] < 0.5
@@ -197,3 +208,70 @@ def test_cli_reports_bad_input_without_a_traceback(
 ) -> None:
     assert main(["ask", "/no/such/video.mp4", "What?", "--model", str(tiny_checkpoint)]) == 2
     assert "prunevid: error: video file not found" in capsys.readouterr().err
+
+
+def test_transformers_native_inputs_are_pruned_like_prunevids_own(tmp_path: Path) -> None:
+    """processor.apply_chat_template(video path, tokenize=True) then generate() with the pruner attached: the
+    same tensors as prunevid's own decoding + build_inputs (bit for bit), so the same pruning and tokens."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from prunevid import build_inputs, load_video
+    from prunevid.synthetic_qa import MODEL_DIR, demo_clip
+
+    video, question = demo_clip(tmp_path / "clip.mp4")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(MODEL_DIR)
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": question}],
+        }
+    ]
+    try:
+        native = processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+    except ImportError as error:
+        pytest.fail(f"the [video] extra is needed (pip install '.[video]' and FFmpeg's libraries): {error}")
+    ours = build_inputs(processor, load_video(video), question)
+    assert set(native) == set(ours)
+    for key in native:
+        assert torch.equal(native[key], ours[key]), key
+    runs = {}
+    for name, inputs in (("native", native), ("ours", ours)):
+        with attach(model, PruneVidConfig.preset("paper")) as pruner:
+            with torch.no_grad():
+                output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        runs[name] = (output, pruner.last_stats)
+    assert torch.equal(runs["native"][0], runs["ours"][0])
+    stats = runs["native"][1]
+    assert stats.to_dict(per_token=True) == runs["ours"][1].to_dict(per_token=True)
+    assert stats.video_tokens_in == 512 and stats.retention < 0.5
+
+
+def test_stats_print_one_line_per_video_and_per_token_lists_on_request() -> None:
+    from prunevid.stats import PruneStats, SampleStats, VideoStats
+
+    video = VideoStats(512, 94, 35, kept_indices=list(range(35)), merged_into=list(range(512)))
+    one = PruneStats(
+        samples=[SampleStats(600, [video])], kv_cache_bytes=2**20, kv_cache_bytes_unpruned=3 * 2**20
+    )
+    assert (
+        str(one)
+        == one.summary()
+        == (
+            "video: 512 tokens -> 94 after stage 1 -> 35 after stage 2 (6.8% kept); "
+            "KV cache 1.00 MiB (unpruned 3.00 MiB)"
+        )
+    )
+    two = PruneStats(samples=[SampleStats(600, [video]), SampleStats(600, [video, video])])
+    assert two.summary().splitlines()[1:3] == [
+        "sample 1 video 0: 512 tokens -> 94 after stage 1 -> 35 after stage 2 (6.8% kept)",
+        "sample 1 video 1: 512 tokens -> 94 after stage 1 -> 35 after stage 2 (6.8% kept)",
+    ]
+    assert len(two.summary().splitlines()) == 4 and two.summary().endswith("(unpruned 0.00 MiB)")
+    compact = one.to_dict()
+    assert "kept_indices" not in compact["samples"][0]["videos"][0] and compact["retention"] == 35 / 512
+    assert len(json.dumps(compact)) < 600
+    full = one.to_dict(per_token=True)
+    assert full["samples"][0]["videos"][0]["merged_into"] == list(range(512))
