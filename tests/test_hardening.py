@@ -499,3 +499,55 @@ def test_output_rows_map_to_prompt_positions(tiny_checkpoint: Any, prompts: dict
     with attach(model, PruneVidConfig.preset("paper")):
         first_step = _no_grad_generate(model, inputs, new_tokens=1).logits[0]
     torch.testing.assert_close(out.logits[:, -1], first_step, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------- the ways transformers' own model tests call the model
+def test_beam_search_and_sampling_return_dict_outputs_and_prune_every_row(
+    models: dict[str, Any], prompts: dict[str, Any]
+) -> None:
+    model, inputs = models["sdpa"], prompts["single"]
+    with attach(model, PruneVidConfig.preset("paper")) as pruner:
+        greedy = _no_grad_generate(model, inputs)
+        with torch.no_grad():
+            beams = model.generate(
+                **inputs, max_new_tokens=4, num_beams=2, num_return_sequences=2, return_dict_in_generate=True
+            )
+        stats = pruner.last_stats
+        with torch.no_grad():
+            top1 = model.generate(
+                **inputs, max_new_tokens=4, do_sample=True, top_k=1, return_dict_in_generate=True
+            )
+    assert beams.sequences.shape[0] == 2
+    # Both beams are the same prompt, pruned the same way.
+    assert len(stats.samples) == 2
+    assert stats.samples[0].videos[0].kept_indices == stats.samples[1].videos[0].kept_indices
+    assert stats.retention < 1.0
+    assert torch.equal(top1.sequences, greedy.sequences)  # sampling from one token is greedy
+
+
+def test_copy_of_a_pruned_model_prunes_like_the_original(
+    models: dict[str, Any], prompts: dict[str, Any]
+) -> None:
+    from prunevid.qwen2_5_vl import pruner_of
+
+    model, inputs = models["sdpa"], prompts["padded"]
+    with attach(model, PruneVidConfig.preset("paper")):
+        expected = _no_grad_generate(model, inputs)
+        twin = copy.deepcopy(model)
+    twin_pruner = pruner_of(twin)
+    assert twin_pruner is not None and twin_pruner.model is twin
+    ours = _no_grad_generate(twin, inputs)
+    assert torch.equal(ours.sequences, expected.sequences)
+    assert twin_pruner.last_stats.retention < 1.0
+    twin_pruner.detach()
+
+
+def test_resized_embeddings_keep_pruning(tiny_checkpoint: Any, prompts: dict[str, Any]) -> None:
+    from conftest import load_tiny_model
+
+    model = load_tiny_model(tiny_checkpoint, "sdpa")
+    model.resize_token_embeddings(model.config.text_config.vocab_size + 8)
+    with attach(model, PruneVidConfig.preset("paper")) as pruner:
+        out = _no_grad_generate(model, prompts["single"])
+    assert out.logits[0].shape[-1] == model.config.text_config.vocab_size
+    assert pruner.last_stats.retention < 1.0
