@@ -95,6 +95,8 @@ class CacheLayout:
         upper_valid: ``[B, S_up]`` bool, the rows of layers ``>= upper_start`` when Stage 3 was off (layers
             ``0..M`` then keep every prompt token); None when every layer holds the same rows.
         upper_start: the first layer ``upper_valid`` describes (``M + 1``), or None.
+        token_ids: ``[B, logical_length]`` int64 (CPU), the conversation's token ids, to check that a
+            continuation really continues it; None once a step was fed as ``inputs_embeds``.
     """
 
     logical_length: int
@@ -102,15 +104,19 @@ class CacheLayout:
     next_position: Tensor
     upper_valid: Tensor | None = None
     upper_start: int | None = None
+    token_ids: Tensor | None = None
 
     def new_positions(self, tail: Tensor) -> Tensor:
         """M-RoPE positions ``[3, B, n]`` of ``n`` appended tokens with validity ``tail [B, n]``."""
         steps = (tail.long().cumsum(1) - 1).clamp(min=0).to(self.next_position.device)
         return self.next_position[:, :, None] + steps[None]
 
-    def append(self, tail: Tensor) -> None:
-        """Record ``n`` rows appended to every layer of the cache, with validity ``tail [B, n]`` bool."""
+    def append(self, tail: Tensor, token_ids: Tensor | None) -> None:
+        """Record ``n`` rows appended to every layer of the cache: validity ``tail [B, n]`` bool, their
+        ``token_ids [B, n]`` (None for ``inputs_embeds``)."""
         self.logical_length += tail.shape[1]
+        known = self.token_ids is not None and token_ids is not None
+        self.token_ids = torch.cat([self.token_ids, token_ids.cpu()], dim=1) if known else None
         self.valid = torch.cat([self.valid, tail.to(self.valid.device)], dim=1)
         if self.upper_valid is not None:
             self.upper_valid = torch.cat([self.upper_valid, tail.to(self.upper_valid.device)], dim=1)
@@ -165,6 +171,7 @@ class _Step:
 
     layout: CacheLayout
     tail: Tensor  # [B, n] bool validity of the appended tokens
+    token_ids: Tensor | None  # [B, n] their ids (None for inputs_embeds)
     physical_length: int  # cache rows of layer 0 before the forward
     upper_mask: Tensor | None = None  # 4-D mask for layers > M when they hold other rows (Stage 3 off)
 
@@ -426,7 +433,7 @@ class Pruner:
         if step is not None:
             grown = cache is not None and cache.get_seq_length() == step.physical_length + step.tail.shape[1]
             if grown:  # use_cache=False leaves the cache as it was
-                step.layout.append(step.tail)
+                step.layout.append(step.tail, step.token_ids)
             return
         state, local.prefill = getattr(local, "prefill", None), None
         if state is None:
@@ -476,6 +483,7 @@ class Pruner:
             next_position=next_position.clone(),
             upper_valid=state.upper_valid if separate_upper else None,
             upper_start=self.pruning_layer + 1 if separate_upper else None,
+            token_ids=state.input_ids,
         )
 
     # ----------------------------------------------------------------- appending to a pruned cache
@@ -517,6 +525,15 @@ class Pruner:
                 f"this pruned cache stands for {layout.logical_length} tokens; pass the whole conversation "
                 "(those tokens and the new ones) to generate()"
             )
+        held = layout.token_ids
+        if drop and held is not None and changed.get("input_ids") is not None:
+            fed = changed["input_ids"][:, :drop].cpu()
+            if not torch.equal(fed, held[:, physical:]):
+                raise ValueError(
+                    "the conversation passed to generate() does not start with the tokens this pruned cache "
+                    "holds: pass its token ids followed by the new ones (e.g. output.sequences, then the "
+                    "follow-up turn), not a re-tokenized conversation"
+                )
         if drop:
             for name in ("input_ids", "inputs_embeds", "position_ids", "mm_token_type_ids", "token_type_ids"):
                 value = changed.get(name)
@@ -544,7 +561,8 @@ class Pruner:
         changed["attention_mask"] = None if mask is None and bool(lower.all()) else lower.long()
         if kwargs.get("cache_position") is not None:  # 4.57: positions of the physical rows
             changed["cache_position"] = torch.arange(physical, physical + new, device=tokens.device)
-        step = _Step(layout, tail, physical)
+        new_ids = changed.get("input_ids")
+        step = _Step(layout, tail, None if new_ids is None else new_ids.cpu(), physical)
         if layout.upper_valid is not None:
             dtype = self.model.model.language_model.embed_tokens.weight.dtype
             upper = torch.cat([layout.upper_valid, tail.to(layout.upper_valid.device)], dim=1)

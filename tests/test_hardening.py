@@ -230,6 +230,24 @@ def test_a_new_video_in_a_continuation_is_a_clear_error(
             _no_grad_generate(model, follow_up, past_key_values=out.past_key_values)
 
 
+def test_a_conversation_that_does_not_start_with_the_cached_tokens_is_refused(
+    models: dict[str, Any], prompts: dict[str, Any], tiny_processor: Any
+) -> None:
+    model, inputs = models["sdpa"], prompts["single"]
+    with attach(model, PruneVidConfig.preset("paper")):
+        out = _no_grad_generate(model, inputs)
+        ids = _follow_up_ids(tiny_processor, out.sequences, "And then?")
+        ids[:, inputs["input_ids"].shape[1] + 1] += (
+            1  # a token of the answer, changed (a re-tokenized answer)
+        )
+        with pytest.raises(ValueError, match="does not start with the tokens this pruned cache holds"):
+            _no_grad_generate(
+                model,
+                {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+                past_key_values=out.past_key_values,
+            )
+
+
 def test_a_cropped_pruned_cache_is_refused(models: dict[str, Any], prompts: dict[str, Any]) -> None:
     model, inputs = models["sdpa"], prompts["single"]
     with attach(model, PruneVidConfig.preset("paper")):
