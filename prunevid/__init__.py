@@ -27,6 +27,7 @@ _EXPORTS = {
     "Pruner": "prunevid.qwen2_5_vl",
     "attach": "prunevid.qwen2_5_vl",
     "build_inputs": "prunevid.prompt",
+    "explain": "prunevid.explain",
     "PruneStats": "prunevid.stats",
     "SampleStats": "prunevid.stats",
     "VideoStats": "prunevid.stats",
@@ -49,12 +50,14 @@ __all__ = [
     "ask",
     "attach",
     "build_inputs",
+    "explain",
     "load",
     "load_video",
 ]
 
 if TYPE_CHECKING:
     from prunevid.config import PRESETS, PruneVidConfig
+    from prunevid.explain import explain
     from prunevid.pipeline import Answer, ask, load
     from prunevid.prompt import build_inputs
     from prunevid.qwen2_5_vl import SUPPORTED_MODELS, Pruner, attach

@@ -59,6 +59,8 @@ examples:
   prunevid demo                                  offline: the bundled small model, stock vs paper
   prunevid ask clip.mp4 "What happens?" --model Qwen/Qwen2.5-VL-7B-Instruct
   prunevid eval synthetic --limit 20             offline accuracy of presets on generated clips
+  prunevid explain clip.mp4 "What happens?" --model bundled --out explained
+                                                 what the model still sees, drawn per frame
 """
 
 
@@ -112,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--save-clip", type=Path, help="also keep the generated clip as this video file")
     demo.set_defaults(run=_run_demo, max_new_tokens=16)
     _add_eval(commands)
+    _add_explain(commands)
     return parser
 
 
@@ -255,6 +258,121 @@ def _run_eval(args: argparse.Namespace) -> int:
         return 0  # rank 0 prints the merged summary
     print(summary_markdown(summary))
     print(f"rows: {out / PREDICTIONS}; summary: {out / 'summary.json'}, {out / 'summary.md'}")
+    return 0
+
+
+def _add_explain(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser(
+        "explain",
+        help="draw which parts of a video reached the model's last layer after pruning",
+        description="Answer a question about one or more videos (all in one prompt) under a preset and draw, "
+        "per video, a contact sheet OUT/video<i>.png: each sampled frame with the tokens that reached the "
+        "last layer at full brightness, tokens merged into another one tinted with that token's colour, "
+        "dropped tokens dimmed, and a bar of the tokens left after each stage; the counts per frame and "
+        "stage go to OUT/explain.json. The videos are decoded (and checked) before the model loads.",
+    )
+    command.add_argument(
+        "videos", nargs="+", metavar="VIDEO", help="path of a video file (two or more: all in one prompt)"
+    )
+    command.add_argument("question")
+    command.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"hub id, local checkpoint folder, or {BUNDLED!r}: the small model that ships with prunevid "
+        f"(default {DEFAULT_MODEL})",
+    )
+    command.add_argument(
+        "--preset", default="paper", choices=sorted(PRESETS), help="what to prune (default paper)"
+    )
+    command.add_argument(
+        "--compare",
+        default="",
+        help="comma-separated presets and reference methods drawn beside --preset on the same frames "
+        f"({', '.join(REFERENCE_METHODS)} keep the retention --preset reached, or --retention)",
+    )
+    command.add_argument("--retention", type=float, help="video-token retention of the reference methods")
+    command.add_argument(
+        "--out", type=Path, default=Path("prunevid-explain"), help="output folder (default prunevid-explain)"
+    )
+    command.add_argument(
+        "--video",
+        action="store_true",
+        help="also write OUT/video<i>.mp4: the overlay at the sampled frame rate",
+    )
+    sampling = command.add_mutually_exclusive_group()
+    sampling.add_argument("--fps", type=float, help="frames sampled per second of video (default 2)")
+    sampling.add_argument("--frames", type=int, help="number of frames sampled evenly over the video")
+    command.add_argument(
+        "--max-frames", type=int, default=MAX_FRAMES, help=f"at most this many frames (default {MAX_FRAMES})"
+    )
+    command.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget per frame (default 448x448)"
+    )
+    command.add_argument("--max-new-tokens", type=int, default=32)
+    command.add_argument("--json", action="store_true", help="print explain.json's record instead of text")
+    command.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    command.set_defaults(run=_run_explain)
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from prunevid.explain import check_methods, explain
+    from prunevid.pipeline import check_model_source
+    from prunevid.video import load_video
+
+    compare = [name.strip() for name in args.compare.split(",") if name.strip()]
+    methods = check_methods([args.preset, *compare], args.retention)  # fails before anything loads
+    if not args.question.strip():
+        raise ValueError("the question must be a non-empty string: PruneVid selects tokens by the question")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file: give a folder")
+    synthetic = args.model == BUNDLED
+    args.model = _model_path(args.model)
+    check_model_source(args.model)  # a typo fails now, not after decoding
+    clips = []
+    for path in args.videos:  # decoded and checked before the model loads
+        with _step(f"decoding {path}", args.quiet) as details:
+            clip = load_video(
+                path,
+                fps=args.fps,
+                num_frames=args.frames,
+                max_frames=args.max_frames,
+                max_pixels=args.max_pixels,
+            )
+            details.append(_describe_clip(clip))
+        _print_notes(clip, args.quiet)
+        clips.append(clip)
+    import torch
+
+    from prunevid.pipeline import load
+
+    _quiet_libraries()
+    kwargs: dict = {"device_map": "auto"} if torch.cuda.is_available() else {}
+    if synthetic and not torch.cuda.is_available():
+        kwargs["dtype"] = torch.float32  # the small model in float32: faster than bfloat16 on a CPU
+    with _step(f"loading {args.model}", args.quiet):
+        model, processor, pruner = load(args.model, PruneVidConfig.preset("baseline"), **kwargs)
+    pruner.detach()  # explain attaches each method in turn
+    result = explain(
+        model,
+        processor,
+        clips,
+        args.question,
+        args.out,
+        methods=methods,
+        retention=args.retention,
+        video=args.video,
+        max_new_tokens=args.max_new_tokens,
+        sources=[str(path) for path in args.videos],
+        progress=None if args.quiet else lambda line: print(f"prunevid: {line}", file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    for method in result.methods:
+        print(f"[{method.name}] answer: {method.answer!r}")
+        print(f"  {method.stats.summary()}".replace("\n", "\n  "))
+    files = [*result.files["sheets"], *result.files.get("videos", []), result.files["json"]]
+    print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
 
