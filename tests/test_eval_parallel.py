@@ -177,7 +177,7 @@ def _launch_two_processes(synthetic_dir: Path, checkpoint: Path, out: Path, *ext
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_two_processes_split_the_samples_and_resume_after_a_change_of_world_size(
+def test_two_processes_split_the_samples_and_resume_per_rank_and_after_a_change_of_world_size(
     tmp_path: Path,
     tiny_checkpoint: Path,
     tiny_model: Any,
@@ -188,18 +188,23 @@ def test_two_processes_split_the_samples_and_resume_after_a_change_of_world_size
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "out"
-    # One process answers the first 2 planned samples...
+    rank_files = [out / "predictions.rank0-of-2.jsonl", out / "predictions.rank1-of-2.jsonl"]
+    # One process answers the first 2 planned samples (q0, q1: round-robin over the question types)...
     evaluate(tiny_model, tiny_processor, samples, out, PRESETS, limit=2, **RUN)
-    # ...then two processes the first 4 (q0..q3, round-robin over the question types): rank 0 owns
-    # q0 and q2, rank 1 q1 and q3; q0 and q1 are done, so each rank answers one.
+    # ...then two processes the first 4 (q0..q3): rank 0 owns q0 and q2, rank 1 q1 and q3; q0 and q1
+    # are done, so each rank answers one (in batches of 2: a batch of one here).
     _launch_two_processes(synthetic_dir, tiny_checkpoint, out, "--limit", "4", "--batch-size", "2")
-    assert {r["id"] for r in read_rows(out / "predictions.rank0-of-2.jsonl")} == {"q2"}
-    assert {r["id"] for r in read_rows(out / "predictions.rank1-of-2.jsonl")} == {"q3"}
+    assert [{r["id"] for r in read_rows(path)} for path in rank_files] == [{"q2"}, {"q3"}]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["samples"] == 4
     assert summary["presets"]["paper"]["scored"] == 4  # the summary merges every file
 
-    # Back to one process on all 5: only the last sample is new.
+    # Two processes again on all 5 (q0..q4): each rank resumes from its own file; only q4 (rank 0) is new.
+    _launch_two_processes(synthetic_dir, tiny_checkpoint, out)
+    rows = [read_rows(path) for path in rank_files]
+    assert [[r["id"] for r in file] for file in rows] == [["q2"] * 2 + ["q4"] * 2, ["q3"] * 2]
+
+    # Back to one process: everything is in the files of the other world sizes, nothing is asked.
     calls: list[str] = []
     real = evaluation.ask
 
@@ -209,6 +214,6 @@ def test_two_processes_split_the_samples_and_resume_after_a_change_of_world_size
 
     monkeypatch.setattr(evaluation, "ask", counted)
     summary = evaluate(tiny_model, tiny_processor, samples, out, PRESETS, **RUN)
-    assert len(calls) == len(PRESETS)
+    assert calls == []
     assert _answers(_merged_rows(out)) == _answers(single_process_rows)
     assert summary["presets"]["paper"]["scored"] == len(samples) and summary["world_size"] == 1
