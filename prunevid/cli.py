@@ -257,7 +257,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     if rank > 0:
         return 0  # rank 0 prints the merged summary
     print(summary_markdown(summary))
-    print(f"rows: {out / PREDICTIONS}; summary: {out / 'summary.json'}, {out / 'summary.md'}")
+    rows = out / (PREDICTIONS if world_size == 1 else f"predictions.rank*-of-{world_size}.jsonl")
+    print(f"rows: {rows}; summary: {out / 'summary.json'}, {out / 'summary.md'}")
     return 0
 
 
