@@ -324,7 +324,8 @@ def evaluate(
     """Answer every sample under every preset, appending rows to ``out_dir/predictions.jsonl``.
 
     Data parallel: when ``torch.distributed`` is initialized (``prunevid eval`` under ``torchrun`` or
-    ``accelerate launch`` does it, :func:`init_distributed`), rank ``r`` of ``n`` answers samples
+    ``accelerate launch`` does it, :func:`init_distributed`), every rank must call this with the same
+    arguments (it waits at barriers for all of them); rank ``r`` of ``n`` answers samples
     ``r, r + n, ...`` of the planned order with its own model, appends to
     ``predictions.rank<r>-of-<n>.jsonl``, and after a barrier every rank merges all the files; rank 0
     writes the summary. Resuming reads every ``predictions*.jsonl`` in ``out_dir``, so a rerun with
