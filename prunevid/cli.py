@@ -209,15 +209,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     data = args.data or SYNTHETIC_DATA
     rank, world_size, local_rank = init_distributed()  # one process per GPU under torchrun / accelerate
-    if synthetic and rank == 0:  # one writer; the other ranks wait below
-        # Only the questions this run asks (the first N: --limit takes them in order over the types).
+    writes = synthetic and (args.data is None or not (data / synthetic_qa.INDEX_FILE).is_file())
+    if writes and rank == 0:  # one writer; the other ranks wait below
+        # Only the questions this run asks (the first N: --limit takes them in order over the types); the
+        # default folder grows as later runs ask for more. A --data folder that holds a set is used as is.
         wanted = min(args.limit or SYNTHETIC_HELD_OUT, SYNTHETIC_HELD_OUT)
-        try:
-            synthetic_qa.write_eval_set(data, wanted, progress=True)
-        except ValueError:
-            if args.data is None:
-                raise
-            # else a set of your own (another seed or size) in --data: used as it is
+        synthetic_qa.write_eval_set(data, wanted, progress=True)
     if world_size > 1:
         torch.distributed.barrier()
     model_id = (

@@ -15,6 +15,10 @@ Frame count and indices (``plan_frames``), as qwen-vl-utils 0.0.14 ``smart_nfram
   the first and the last frame of the window are always taken;
 * a window ``[start, end]`` in seconds covers source frames ``ceil(start * fps) .. floor(end * fps)``.
 
+transformers' own sampling (``Qwen2VLVideoProcessor`` with ``do_sample_frames=True``) gives the same count
+but other indices (``arange(0, N, N / n)`` truncated: the last frame is never taken), so it is not used; the
+frames prunevid passes to the processor are already sampled and sized (``do_sample_frames=False``).
+
 A cap that changes what was asked for (more frames than the video has, the 768-frame cap, the 4-frame
 floor, the total pixel budget) is recorded in ``VideoClip.notes`` and issued as a
 :class:`FrameSamplingWarning`. Fewer than 2 frames is an error (Qwen2.5-VL pairs frames).

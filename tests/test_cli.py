@@ -4,10 +4,10 @@ notes when a frame cap changes the request, clean errors, and eval synthetic wri
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,8 @@ def test_help_is_plain_text(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_version_is_the_package_version() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert prunevid.__version__ == project["version"]
+    declared = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert declared is not None and prunevid.__version__ == declared.group(1)
 
 
 def test_restated_constants_agree_with_their_modules() -> None:
@@ -142,10 +142,13 @@ def test_ask_reports_each_step_and_the_frame_cap(
     assert captured.err == "" and "4 frames; preset paper" in captured.out
 
 
-def test_eval_synthetic_writes_only_what_the_run_needs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    data, out = tmp_path / "data", tmp_path / "out"
-    argv = ["eval", "synthetic", "--data", str(data), "--out", str(out), "--presets", "baseline"]
-    assert main([*argv, "--limit", "2", "--max-new-tokens", "4"]) == 0
+def test_eval_synthetic_writes_only_what_the_run_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default folder, prunevid-eval/synthetic-data, lands here
+    data, out = tmp_path / "prunevid-eval" / "synthetic-data", tmp_path / "out"
+    argv = ["eval", "synthetic", "--out", str(out), "--presets", "baseline", "--max-new-tokens", "4"]
+    assert main([*argv, "--limit", "2"]) == 0
     assert len(list((data / "videos").iterdir())) == 2
     assert len(json.loads((data / "synthetic.json").read_text())["samples"]) == 2
     summary = (out / "summary.md").read_text()
@@ -153,5 +156,10 @@ def test_eval_synthetic_writes_only_what_the_run_needs(tmp_path: Path, capsys: p
     assert "2 samples, 32 frames asked, 16 frames used" in summary
     assert "writing synthetic questions" in capsys.readouterr().err
     # A larger run extends the set instead of starting over.
-    assert main([*argv, "--limit", "3", "--max-new-tokens", "4"]) == 0
+    assert main([*argv, "--limit", "3"]) == 0
     assert len(list((data / "videos").iterdir())) == 3
+    # A folder given with --data is written when empty, and used as it is once it holds a set.
+    mine = tmp_path / "mine"
+    assert main([*argv, "--limit", "2", "--data", str(mine), "--out", str(tmp_path / "out2")]) == 0
+    assert main([*argv, "--limit", "3", "--data", str(mine), "--out", str(tmp_path / "out3")]) == 0
+    assert len(list((mine / "videos").iterdir())) == 2
