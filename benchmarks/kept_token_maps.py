@@ -16,7 +16,12 @@ it kept right, and all), how many object appearances survive each stage (see :fu
 ground truth comes from the scene (:func:`prunevid.synthetic_qa.make_sample` regenerates it from the
 question id). Writes the counts to
 ``--json`` (default ``benchmarks/results/synthetic_kept_tokens.json``, which ``report_synthetic.py`` adds
-to ``docs/synthetic.md``) and prints them.
+to ``docs/synthetic.md``) and prints them. Each token's fate is read from the stats by the product's
+:func:`prunevid.explain.token_map` (what ``prunevid explain`` draws).
+
+    python benchmarks/kept_token_maps.py --example docs/explain_example.png
+
+draws the README's ``prunevid explain`` picture instead (see :func:`readme_example`).
 """
 
 from __future__ import annotations
@@ -103,19 +108,52 @@ def survival(scene: Any, merged_into: np.ndarray, kept: set[int]) -> dict[str, t
 
 
 def run_preset(model: Any, processor: Any, sample: Any, clip: Any) -> tuple[str, np.ndarray, set[int]]:
-    """Answer one question with the attached preset: ``(answer, merged_into [n], kept)``, both numbered
-    from the video's first token."""
+    """Answer one question with the attached preset: ``(answer, merged_into [n], kept)``, numbered by grid
+    index (the video's first token is 0), read with :func:`prunevid.explain.token_map`."""
     from prunevid.evaluation import format_prompt
+    from prunevid.explain import KEPT, read_video_tokens, token_map
     from prunevid.pipeline import ask
     from prunevid.prompt import build_inputs
 
     prompt = format_prompt(sample.question, sample.options)
-    input_ids = build_inputs(processor, clip, prompt)["input_ids"][0]
-    start = int((input_ids == model.config.video_token_id).nonzero()[0, 0])
+    (tokens,) = read_video_tokens(model.config, build_inputs(processor, clip, prompt))[0]
     answer = ask(model, processor, clip, prompt, max_new_tokens=32)
-    video = answer.stats.samples[0].videos[0]
-    merged_into = np.array([i - start if i >= 0 else -1 for i in video.merged_into])
-    return answer.text, merged_into, {i - start for i in video.kept_indices}
+    tokens_map = token_map(answer.stats.samples[0].videos[0], tokens)
+    kept = np.flatnonzero(tokens_map.state.reshape(-1) == KEPT)
+    return answer.text, tokens_map.representative.reshape(-1), set(kept.tolist())
+
+
+def readme_example(path: Path, sample: int = 5) -> None:
+    """The README's picture: held-out question ``sample`` of the synthetic set (its clip, written with
+    :func:`prunevid.synthetic_qa.demo_clip`, and its multiple-choice prompt) explained with the bundled model
+    under baseline, paper and random (at paper's retention) by :func:`prunevid.explain`; the sheet is
+    saved again with a 256-colour palette to stay small."""
+    import tempfile
+
+    from PIL import Image
+
+    import prunevid
+    from prunevid.synthetic_qa import MODEL_DIR, demo_clip
+
+    with tempfile.TemporaryDirectory() as folder:
+        video, question = demo_clip(Path(folder) / "clip.mp4", sample=sample)
+        model, processor, pruner = prunevid.load(MODEL_DIR, dtype="float32")
+        pruner.detach()
+        result = prunevid.explain(
+            model,
+            processor,
+            video,
+            question,
+            Path(folder) / "explained",
+            methods=["baseline", "paper", "random"],
+            max_new_tokens=16,
+            tile_width=128,
+        )
+        sheet = Image.open(result.files["sheets"][0]).convert("RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.quantize(256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+    answers = "; ".join(f"{m.name}: {m.answer!r}" for m in result.methods)
+    print(f"{path}: {path.stat().st_size / 1024:.0f} KB; {answers}")
 
 
 def paint(
@@ -177,8 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from prunevid.synthetic_qa import EVAL_SEED, MODEL_DIR, make_sample
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("predictions", help="predictions.jsonl of a `prunevid eval synthetic` run")
-    parser.add_argument("--data", required=True, help="the held-out set the run used")
+    parser.add_argument("predictions", nargs="?", help="predictions.jsonl of a `prunevid eval synthetic` run")
+    parser.add_argument("--data", help="the held-out set the run used")
+    parser.add_argument(
+        "--example", type=Path, help="only draw the README's prunevid-explain picture to this PNG (docs/...)"
+    )
     parser.add_argument("--model", default=str(MODEL_DIR))
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--types", default="count,end,order")
@@ -189,6 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "synthetic_kept_tokens.json"
     )
     args = parser.parse_args(argv)
+    if args.example is not None:
+        readme_example(args.example)
+        return 0
+    if args.predictions is None or args.data is None:
+        parser.error("give predictions.jsonl and --data (or --example PATH)")
 
     samples = {s.id: s for s in read_benchmark("synthetic", args.data)}
     rows = read_rows(args.predictions)

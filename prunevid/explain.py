@@ -88,45 +88,67 @@ class VideoTokens:
     frames_per_step: int
 
 
-def _qwen2_5_vl_tokens(model_config: Any, inputs: Any) -> list[list[VideoTokens]]:
-    """Qwen2.5-VL: each video is one run of ``video_token_id`` in the prompt, in grid order; its grid is
-    the processor's ``video_grid_thw`` row with ``h`` and ``w`` divided by the spatial merge size."""
+def video_token_runs(
+    model_config: Any, inputs: Any, *, frame_groups: bool = False
+) -> list[list[VideoTokens]]:
+    """The Qwen VL layout: a video's tokens are runs of ``video_token_id`` in the prompt, in grid order; its
+    grid is the processor's ``video_grid_thw`` row with ``h`` and ``w`` divided by the spatial merge size.
+
+    Args:
+        model_config: ``model.config`` (``video_token_id``, ``vision_config.spatial_merge_size`` and
+            ``temporal_patch_size``).
+        inputs: processor outputs with ``input_ids [B, L]`` and ``video_grid_thw [V, 3]``.
+        frame_groups: False: one run per video (Qwen2-VL, Qwen2.5-VL); True: ``T'`` runs of ``h' * w'``
+            tokens per video, one per frame group, between timestamp texts (Qwen3-VL).
+
+    Returns:
+        Per sample, per video, its :class:`VideoTokens`.
+    """
     input_ids = np.asarray(_to_numpy(inputs["input_ids"]))
     grid_thw = inputs.get("video_grid_thw")
     if grid_thw is None:
         raise ValueError(
             "explain needs the processor's video_grid_thw; pass the processor's outputs unchanged"
         )
-    grids = np.asarray(_to_numpy(grid_thw)).reshape(-1, 3).tolist()
     merge = int(model_config.vision_config.spatial_merge_size)
+    grids = [
+        (int(t), int(h) // merge, int(w) // merge)
+        for t, h, w in np.asarray(_to_numpy(grid_thw)).reshape(-1, 3)
+    ]
     frames_per_step = int(getattr(model_config.vision_config, "temporal_patch_size", 2))
     is_video = np.pad(input_ids == model_config.video_token_id, ((0, 0), (1, 1)))
     change = np.diff(is_video.astype(np.int8), axis=1)
-    out: list[list[VideoTokens]] = []
-    for b in range(input_ids.shape[0]):
-        starts, ends = np.flatnonzero(change[b] == 1), np.flatnonzero(change[b] == -1)
-        sample = []
-        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-            if not grids:
-                raise ValueError("the prompt has more video spans than video_grid_thw rows")
-            t, h, w = grids.pop(0)
-            grid = (int(t), int(h) // merge, int(w) // merge)
-            if grid[0] * grid[1] * grid[2] != end - start:
-                raise ValueError(
-                    f"a video span of {end - start} tokens does not match its grid {grid}; "
-                    "pass the processor's outputs unchanged"
-                )
-            sample.append(VideoTokens(grid, np.arange(start, end, dtype=np.int64), frames_per_step))
-        out.append(sample)
-    if grids:
-        raise ValueError("video_grid_thw describes more videos than the prompt holds")
+    runs = [
+        (b, start, end)
+        for b in range(input_ids.shape[0])
+        for start, end in zip(np.flatnonzero(change[b] == 1), np.flatnonzero(change[b] == -1), strict=True)
+    ]
+    out: list[list[VideoTokens]] = [[] for _ in range(input_ids.shape[0])]
+    cursor = 0
+    for grid in grids:
+        count = grid[0] if frame_groups else 1
+        mine = runs[cursor : cursor + count]
+        cursor += count
+        size = grid[1] * grid[2] * (1 if frame_groups else grid[0])
+        if len(mine) != count or any(end - start != size or b != mine[0][0] for b, start, end in mine):
+            raise ValueError(
+                f"the prompt's runs of video tokens do not match the video grid {grid}; "
+                "pass the processor's outputs unchanged"
+            )
+        positions = np.concatenate([np.arange(start, end, dtype=np.int64) for _, start, end in mine])
+        out[mine[0][0]].append(VideoTokens(grid, positions, frames_per_step))
+    if cursor != len(runs):
+        raise ValueError(
+            f"the prompt has {len(runs)} runs of video tokens but video_grid_thw describes {cursor}; "
+            "pass the processor's outputs unchanged"
+        )
     return out
 
 
 # model_type -> reader: (model.config, processor outputs) -> per sample, per video, its VideoTokens.
-# Another family (Qwen2-VL; Qwen3-VL, whose frames are split by timestamps) adds a reader here, nothing else.
+# Another Qwen VL family adds one line: Qwen2-VL as Qwen2.5-VL, Qwen3-VL with frame_groups=True.
 GRID_READERS: dict[str, Callable[[Any, Any], list[list[VideoTokens]]]] = {
-    "qwen2_5_vl": _qwen2_5_vl_tokens,
+    "qwen2_5_vl": video_token_runs,
 }
 
 
@@ -310,7 +332,8 @@ def _font(size: int) -> Any:
 
 
 def _fit(text: str, draw: Any, font: Any, width: int) -> str:
-    """``text`` cut with an ellipsis to fit ``width`` pixels."""
+    """``text`` on one line (line breaks become spaces), cut with an ellipsis to fit ``width`` pixels."""
+    text = " ".join(text.splitlines())
     if draw.textlength(text, font=font) <= width:
         return text
     while text and draw.textlength(text + "...", font=font) > width:
@@ -387,11 +410,11 @@ def contact_sheet(
             numbers = all_counts[r][t]
             values = (numbers["tokens"], numbers["after_stage1"], numbers["after_stage2"])
             for k, (value, colour) in enumerate(zip(values, BAR_COLOURS, strict=True)):
-                length = round(tile_width * 0.55 * value / max(1, numbers["tokens"]))
+                length = round(tile_width * 0.5 * value / max(1, numbers["tokens"]))
                 bar_y = y + tile_height + 2 + 6 * k
                 draw.rectangle((x, bar_y, x + max(length, 1) - 1, bar_y + 4), fill=colour)
             draw.text(
-                (x + round(tile_width * 0.58), y + tile_height + 3),
+                (x + round(tile_width * 0.53), y + tile_height + 3),
                 " > ".join(str(v) for v in values),
                 fill=(220, 220, 220),
                 font=small,

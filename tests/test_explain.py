@@ -115,6 +115,36 @@ def test_inconsistent_stats_are_refused() -> None:
         token_map(VideoStats(4, 1, 1, kept_indices=[11], merged_into=[10, 10, 10, 10]), tokens)
 
 
+def test_video_token_runs_one_per_video_or_one_per_frame_group() -> None:
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(
+        model_type="any",
+        video_token_id=9,
+        vision_config=SimpleNamespace(spatial_merge_size=2, temporal_patch_size=2),
+    )
+    # Qwen3-VL's layout: a video is T' runs of h' * w' tokens between timestamp texts (5 here).
+    ids = np.array([[1, 5, 9, 9, 5, 9, 9, 5, 9, 9, 2, 5, 9, 5, 9, 3]])
+    grids = np.array([[3, 2, 4], [2, 2, 2]])  # (T', h', w') = (3, 1, 2) and (2, 1, 1)
+    first, second = explain_module.video_token_runs(
+        config, {"input_ids": ids, "video_grid_thw": grids}, frame_groups=True
+    )[0]
+    assert first.grid == (3, 1, 2) and first.positions.tolist() == [2, 3, 5, 6, 8, 9]
+    assert second.grid == (2, 1, 1) and second.positions.tolist() == [12, 14]
+    # Qwen2.5-VL's layout: one run per video.
+    ids = np.array([[1, 9, 9, 9, 9, 9, 9, 2, 9, 9, 3]])
+    first, second = explain_module.video_token_runs(config, {"input_ids": ids, "video_grid_thw": grids})[0]
+    assert first.positions.tolist() == [1, 2, 3, 4, 5, 6] and second.positions.tolist() == [8, 9]
+    with pytest.raises(ValueError, match="do not match the video grid"):
+        explain_module.video_token_runs(
+            config, {"input_ids": ids, "video_grid_thw": grids}, frame_groups=True
+        )
+    with pytest.raises(ValueError, match="3 runs of video tokens but video_grid_thw describes 2"):
+        explain_module.video_token_runs(
+            config, {"input_ids": np.array([[*ids[0], 9]]), "video_grid_thw": grids}
+        )
+
+
 def test_an_unknown_model_family_names_the_supported_ones() -> None:
     class Config:
         model_type = "llava"
