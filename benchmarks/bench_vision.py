@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from prunevid import PruneVidConfig, attach  # noqa: E402  (after the path set-up)
-from prunevid import qwen2_5_vl as adapter  # noqa: E402
+from prunevid.models import qwen2_5_vl as adapter  # noqa: E402
 
 VISION_7B = {
     "depth": 32,

@@ -23,9 +23,9 @@ _EXPORTS = {
     "Answer": "prunevid.pipeline",
     "ask": "prunevid.pipeline",
     "load": "prunevid.pipeline",
-    "SUPPORTED_MODELS": "prunevid.qwen2_5_vl",
-    "Pruner": "prunevid.qwen2_5_vl",
-    "attach": "prunevid.qwen2_5_vl",
+    "SUPPORTED_MODEL_TYPES": "prunevid.models",
+    "Pruner": "prunevid.models",
+    "attach": "prunevid.models",
     "build_inputs": "prunevid.prompt",
     "explain": "prunevid.explain",
     "PruneStats": "prunevid.stats",
@@ -38,7 +38,7 @@ _EXPORTS = {
 
 __all__ = [
     "PRESETS",
-    "SUPPORTED_MODELS",
+    "SUPPORTED_MODEL_TYPES",
     "Answer",
     "FrameSamplingWarning",
     "PruneStats",
@@ -58,9 +58,9 @@ __all__ = [
 if TYPE_CHECKING:
     from prunevid.config import PRESETS, PruneVidConfig
     from prunevid.explain import explain
+    from prunevid.models import SUPPORTED_MODEL_TYPES, Pruner, attach
     from prunevid.pipeline import Answer, ask, load
     from prunevid.prompt import build_inputs
-    from prunevid.qwen2_5_vl import SUPPORTED_MODELS, Pruner, attach
     from prunevid.stats import PruneStats, SampleStats, VideoStats
     from prunevid.video import FrameSamplingWarning, VideoClip, load_video
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-import prunevid.qwen2_5_vl as adapter
+import prunevid.models.pruner as adapter
 from prunevid import PruneVidConfig, attach
 from prunevid.qwen2_5_vl import pruner_of
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import prunevid.fast_vision as fast_vision
-import prunevid.qwen2_5_vl as adapter
+import prunevid.models.qwen2_5_vl as adapter
 from prunevid import PruneVidConfig, attach
 from prunevid.fast_vision import plan_windows, window_attention
 from prunevid.prompt import build_inputs

@@ -18,8 +18,8 @@ from test_pruning import capture_llm_inputs, stage1_origins
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import DynamicCache
 
+import prunevid.models.pruner as adapter
 import prunevid.prompt as prompt_module
-import prunevid.qwen2_5_vl as adapter
 from prunevid import PruneVidConfig, attach
 from prunevid.prompt import build_inputs
 from prunevid.qwen2_5_vl import cache_layout

@@ -15,7 +15,7 @@ import torch
 import transformers
 from transformers.cache_utils import DynamicCache
 
-import prunevid.qwen2_5_vl as adapter
+import prunevid.models.pruner as adapter
 from prunevid import PruneVidConfig, attach
 
 # Every test here starts and ends with the shared tiny models stock (see conftest.stock_models).

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-import prunevid.qwen2_5_vl as adapter
+import prunevid.models.pruner as adapter
 from prunevid import attach
 from prunevid.reference_methods import PRE_LLM_METHODS, ReferenceConfig, reduce_video, reference_config
 
