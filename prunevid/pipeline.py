@@ -16,13 +16,29 @@ from prunevid.video import DEFAULT_MAX_PIXELS, MAX_FRAMES, VideoClip, load_video
 
 if TYPE_CHECKING:  # torch and transformers load when a function needs them (`prunevid --help` stays fast)
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     from prunevid.qwen2_5_vl import Pruner
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MODEL", "Answer", "ask", "check_model_source", "load"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MODEL",
+    "MODEL_CLASSES",
+    "SUPPORTED_MODEL_TYPES",
+    "Answer",
+    "ask",
+    "check_model_source",
+    "load",
+    "load_model",
+]
 
-SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
+# config.model_type -> the transformers class that loads it (its processor comes from AutoProcessor).
+MODEL_CLASSES = {
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+}
+SUPPORTED_MODEL_TYPES = tuple(MODEL_CLASSES)
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 # A hub id: "name" or "owner/name", letters, digits, "-", "_" and "." (not at the start).
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
@@ -83,18 +99,65 @@ def check_model_source(model_id_or_path: str | os.PathLike) -> None:
         )
 
 
+def load_model(
+    model_id_or_path: str | os.PathLike = DEFAULT_MODEL, **from_pretrained_kwargs: Any
+) -> tuple[torch.nn.Module, Any]:
+    """Load a supported checkpoint and its processor with the real ``from_pretrained``; no pruner.
+
+    The class comes from the checkpoint's ``config.model_type`` (:data:`MODEL_CLASSES`: Qwen2.5-VL,
+    Qwen2-VL, Qwen3-VL, Qwen3-VL-MoE), the processor from ``AutoProcessor``.
+
+    Args:
+        model_id_or_path: a hub id (downloaded by transformers as usual) or a local checkpoint directory.
+        **from_pretrained_kwargs: passed to ``from_pretrained`` (``device_map``, ``attn_implementation``...);
+            ``dtype`` defaults to ``"auto"`` (the checkpoint's, bf16 for the released models) and
+            ``attn_implementation`` to ``"sdpa"``.
+
+    Returns:
+        ``(model, processor)``; the model is in eval mode.
+
+    Raises:
+        FileNotFoundError: no such model folder, and not a hub id (see :func:`check_model_source`).
+        ValueError: the checkpoint's model type is not supported (the message names the supported ones).
+    """
+    import transformers
+    from transformers import AutoConfig, AutoProcessor
+
+    check_model_source(model_id_or_path)
+    model_config = AutoConfig.from_pretrained(model_id_or_path)
+    model_type = getattr(model_config, "model_type", None)
+    if model_type not in MODEL_CLASSES:
+        raise ValueError(
+            f"{os.fspath(model_id_or_path)} is a {model_type!r} model; prunevid supports the model types "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} (Qwen2.5-VL, Qwen2-VL, Qwen3-VL, Qwen3-VL-MoE checkpoints)"
+        )
+    model_class = getattr(transformers, MODEL_CLASSES[model_type], None)
+    if model_class is None:
+        raise ImportError(
+            f"{model_id_or_path} is a {model_type!r} model, which transformers {transformers.__version__} "
+            f"does not have ({MODEL_CLASSES[model_type]}): upgrade transformers (4.57 or newer)"
+        )
+    from_pretrained_kwargs.setdefault("dtype", "auto")
+    from_pretrained_kwargs.setdefault("attn_implementation", "sdpa")
+    model = model_class.from_pretrained(model_id_or_path, **from_pretrained_kwargs)
+    model.eval()
+    processor = AutoProcessor.from_pretrained(model_id_or_path)
+    return model, processor
+
+
 def load(
     model_id_or_path: str | os.PathLike = DEFAULT_MODEL,
     config: PruneVidConfig | None = None,
     **from_pretrained_kwargs: Any,
-) -> tuple[Qwen2_5_VLForConditionalGeneration, Any, Pruner]:
-    """Load a Qwen2.5-VL checkpoint and its processor with the real ``from_pretrained``, and attach PruneVid.
+) -> tuple[torch.nn.Module, Any, Pruner]:
+    """Load a supported checkpoint and its processor (:func:`load_model`), and attach PruneVid.
 
     Args:
-        model_id_or_path: a hub id (downloaded by transformers as usual) or a local checkpoint directory.
+        model_id_or_path: a hub id (downloaded by transformers as usual) or a local checkpoint directory of
+            a Qwen2.5-VL, Qwen2-VL, Qwen3-VL or Qwen3-VL-MoE model.
         config: what to prune; default the ``paper`` preset.
         **from_pretrained_kwargs: passed to ``from_pretrained`` (``device_map``, ``attn_implementation``...);
-            ``dtype`` defaults to ``"auto"`` (the checkpoint's, bf16 for released Qwen2.5-VL) and
+            ``dtype`` defaults to ``"auto"`` (the checkpoint's, bf16 for the released models) and
             ``attn_implementation`` to ``"sdpa"``.
 
     Returns:
@@ -104,28 +167,15 @@ def load(
         FileNotFoundError: no such model folder, and not a hub id (see :func:`check_model_source`).
         ValueError: the checkpoint is not a supported model type.
     """
-    from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    import prunevid
 
-    from prunevid.qwen2_5_vl import attach
-
-    check_model_source(model_id_or_path)
-    model_config = AutoConfig.from_pretrained(model_id_or_path)
-    if model_config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"{model_id_or_path} is a {model_config.model_type!r} model; "
-            f"prunevid supports {SUPPORTED_MODEL_TYPES}"
-        )
-    from_pretrained_kwargs.setdefault("dtype", "auto")
-    from_pretrained_kwargs.setdefault("attn_implementation", "sdpa")
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_id_or_path, **from_pretrained_kwargs)
-    model.eval()
-    processor = AutoProcessor.from_pretrained(model_id_or_path)
-    pruner = attach(model, config)
+    model, processor = load_model(model_id_or_path, **from_pretrained_kwargs)
+    pruner = prunevid.attach(model, config)
     return model, processor, pruner
 
 
 def ask(
-    model: Qwen2_5_VLForConditionalGeneration,
+    model: torch.nn.Module,
     processor: Any,
     video: str | os.PathLike | VideoClip,
     question: str,
@@ -140,7 +190,8 @@ def ask(
     """Answer ``question`` about ``video`` with greedy decoding.
 
     Args:
-        model: a Qwen2.5-VL model, with or without a pruner attached (:func:`attach` / :func:`load`).
+        model: a supported model (Qwen2.5-VL, Qwen2-VL, Qwen3-VL, Qwen3-VL-MoE), with or without a pruner
+            attached (:func:`attach` / :func:`load`).
         processor: its processor.
         video: a video file (decoded with OpenCV or PyAV) or an already sampled :class:`VideoClip`.
         question: the question, asked after the video in one user turn.

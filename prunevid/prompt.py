@@ -1,8 +1,9 @@
-"""Frames + question -> Qwen2.5-VL processor outputs, the same on transformers 4.57 and 5.x.
+"""Frames + question -> processor outputs of a Qwen VL family, the same on transformers 4.57 and 5.x.
 
-The one place that knows how each version's processor wants the video timing. Qwen2.5-VL places video
-tokens in time with ``second_per_grid_ts`` (seconds covered by one temporal patch of 2 frames), which the
-processor derives from a frame rate it is given:
+The one place that knows how each family's and version's processor wants the video timing.
+
+Qwen2.5-VL places video tokens in time with ``second_per_grid_ts`` (seconds covered by one temporal patch of
+2 frames), which the processor derives from a frame rate it is given:
 
 - 4.57 reads ``fps=[...]`` (one per video; 2.0 if missing);
 - 5.x ignores ``fps`` for this and reads ``video_metadata[i].sampled_fps``, defined as
@@ -11,6 +12,15 @@ processor derives from a frame rate it is given:
 That 5.x formula equals the true spacing of the sampled frames only when they are spread evenly over the
 whole source video, so the metadata passed here describes the clip on its own time line (T frames at
 ``clip.sampled_fps``): ``second_per_grid_ts == 2 / clip.sampled_fps`` on every version.
+
+Qwen2-VL has no ``second_per_grid_ts`` (one M-RoPE time step per frame pair whatever the fps); it gets the
+same arguments, which its processor does not use for positions.
+
+Qwen3-VL (and Qwen3-VL-MoE, same processor) writes a timestamp text ``<t seconds>`` before each frame pair,
+computed from ``video_metadata`` (source ``fps`` and the sampled ``frames_indices``: the mean time of the two
+frames). Every version reads it, so the metadata here is the clip's real source time line
+(:attr:`VideoClip.metadata`) and ``do_sample_frames=False`` keeps the processor from sampling the frames
+again (without metadata it would assume 24 fps and re-sample).
 """
 
 from __future__ import annotations
@@ -24,9 +34,55 @@ from transformers import BatchFeature
 
 from prunevid.video import VideoClip
 
-__all__ = ["build_inputs", "build_messages"]
+__all__ = ["PROCESSOR_FAMILIES", "build_inputs", "build_messages", "processor_family", "video_kwargs"]
 
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+
+
+# Processor class -> the family whose timing rules it follows (Qwen3-VL-MoE checkpoints use Qwen3VLProcessor).
+PROCESSOR_FAMILIES = {
+    "Qwen2_5_VLProcessor": "qwen2_5_vl",
+    "Qwen2VLProcessor": "qwen2_vl",
+    "Qwen3VLProcessor": "qwen3_vl",
+}
+
+
+def processor_family(processor: Any) -> str:
+    """``"qwen2_5_vl"``, ``"qwen2_vl"`` or ``"qwen3_vl"``: the processor's class (or nearest base class).
+
+    Raises:
+        ValueError: not a Qwen2-VL, Qwen2.5-VL or Qwen3-VL processor.
+    """
+    for cls in type(processor).__mro__:
+        if cls.__name__ in PROCESSOR_FAMILIES:
+            return PROCESSOR_FAMILIES[cls.__name__]
+    raise ValueError(
+        f"unsupported processor {type(processor).__name__}: prunevid builds inputs for "
+        f"{', '.join(PROCESSOR_FAMILIES)} (load it with AutoProcessor.from_pretrained on a Qwen2-VL, "
+        "Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE checkpoint)"
+    )
+
+
+def video_kwargs(processor: Any, clips: Sequence[VideoClip]) -> dict[str, Any]:
+    """Keyword arguments for ``processor(text=..., videos=[c.frames for c in clips], ...)``.
+
+    The frames are used as given (``do_sample_frames=False``), with the timing each family needs (see the
+    module docstring): ``video_metadata`` (5.x, or Qwen3-VL on every version) or ``fps`` (Qwen2/2.5-VL on
+    4.57), one entry per clip.
+    """
+    family = processor_family(processor)
+    kwargs: dict[str, Any] = {"do_sample_frames": False}
+    if hasattr(processor.video_processor, "cap_pixels_per_frame"):
+        # 5.x versions with this option (5.17 .. 5.24 at least) warn unless told. The cap would shrink the
+        # frames of long clips; the frames here are already sampled and sized by the caller.
+        kwargs["cap_pixels_per_frame"] = False
+    if family == "qwen3_vl":
+        kwargs["video_metadata"] = [c.metadata for c in clips]
+    elif _TRANSFORMERS_MAJOR >= 5:
+        kwargs["video_metadata"] = [_clip_timeline_metadata(c) for c in clips]
+    else:
+        kwargs["fps"] = [float(c.sampled_fps) for c in clips]
+    return kwargs
 
 
 def build_messages(question: str, *, system_prompt: str | None = None) -> list[dict[str, Any]]:
@@ -57,7 +113,7 @@ def _check_clip(clip: VideoClip, index: int) -> None:
         raise ValueError(f"clip {index}: frames must be uint8 RGB, got {frames.dtype}")
     if frames.shape[0] < 2:
         raise ValueError(
-            f"clip {index}: needs at least 2 frames (Qwen2.5-VL pairs frames), got {frames.shape[0]}"
+            f"clip {index}: needs at least 2 frames (Qwen VL models pair frames), got {frames.shape[0]}"
         )
     if len(clip.frame_indices) != frames.shape[0]:
         raise ValueError(
@@ -88,24 +144,34 @@ def build_inputs(
     """Tokenize one conversation per (clip, question) and preprocess the frames, as a batch.
 
     Each conversation is the chat template applied to :func:`build_messages` with the generation prompt
-    (``<|im_start|>assistant\\n``) appended. Frames are used as given (no re-sampling by the processor);
-    frames whose sides are multiples of 28 within the processor's pixel budget are not resized either.
-    A single clip or a single question is paired with every item of the other argument.
+    (``<|im_start|>assistant\n``) appended. Frames are used as given (no re-sampling by the processor);
+    frames whose sides are multiples of 28 (Qwen2/2.5-VL) or 32 (Qwen3-VL) within the processor's pixel
+    budget are not resized either. A single clip or a single question is paired with every item of the
+    other argument.
 
     Args:
-        processor: a Qwen2.5-VL processor (``AutoProcessor.from_pretrained(...)``).
+        processor: the processor of a Qwen2.5-VL, Qwen2-VL, Qwen3-VL or Qwen3-VL-MoE checkpoint
+            (``AutoProcessor.from_pretrained(...)``).
         clips: one or B clips; frames ``uint8 [T_b, H_b, W_b, 3]`` with ``T_b >= 2``.
         questions: one or B non-empty questions.
         system_prompt: optional system message; None uses the template's default system message.
         return_tensors: passed to the processor ("pt", "np" or None).
 
     Returns:
-        The processor's ``BatchFeature``, padded on the left:
-        ``input_ids`` / ``attention_mask`` ``[B, L]``; ``pixel_values_videos`` ``[sum_b t_b*h_b*w_b, 1176]``;
-        ``video_grid_thw`` ``int64 [B, 3]`` (t = ceil(T/2), h = H/14, w = W/14), each video filling
-        ``t*h*w // 4`` ``<|video_pad|>`` tokens; ``second_per_grid_ts`` ``[B]`` equal to
-        ``2 / clip.sampled_fps``; on 5.x also ``mm_token_type_ids`` ``[B, L]`` (0 text, 2 video).
+        The processor's ``BatchFeature``, padded on the left: ``input_ids`` / ``attention_mask`` ``[B, L]``;
+        ``video_grid_thw`` ``int64 [B, 3]`` = (t, h, w) in patches (t = ceil(T/2), h = H/p, w = W/p with
+        patch p = 14, or 16 for Qwen3-VL); ``pixel_values_videos`` ``[sum_b t_b*h_b*w_b, 3*2*p*p]``; on 5.x
+        also ``mm_token_type_ids`` ``[B, L]`` (0 text, 2 video). Each video fills ``t*h*w // 4``
+        ``<|video_pad|>`` tokens: Qwen2/2.5-VL in one ``<|vision_start|>...<|vision_end|>`` span; Qwen3-VL in
+        t frame groups of ``h*w // 4``, each after its timestamp text ``<s.s seconds>`` (the mean source
+        time of its two frames) and inside its own ``<|vision_start|>...<|vision_end|>``. Qwen2.5-VL only:
+        ``second_per_grid_ts`` ``[B]`` equal to ``2 / clip.sampled_fps``.
+
+    Raises:
+        ValueError: an unsupported processor, an empty question, a clip with fewer than 2 frames or frames
+            that are not ``uint8 [T, H, W, 3]``, or clip and question counts that do not pair.
     """
+    processor_family(processor)  # an unsupported processor fails before any work
     clip_list = _as_list(clips, VideoClip)
     question_list = _as_list(questions, str)
     if not clip_list or not question_list:
@@ -128,15 +194,7 @@ def build_inputs(
         )
         for q in question_list
     ]
-    kwargs: dict[str, Any] = {"do_sample_frames": False}
-    if hasattr(processor.video_processor, "cap_pixels_per_frame"):
-        # 5.x versions with this option (5.17 .. 5.24 at least) warn unless told. The cap would shrink the
-        # frames of long clips; the frames here are already sampled and sized by the caller.
-        kwargs["cap_pixels_per_frame"] = False
-    if _TRANSFORMERS_MAJOR >= 5:
-        kwargs["video_metadata"] = [_clip_timeline_metadata(c) for c in clip_list]
-    else:
-        kwargs["fps"] = [float(c.sampled_fps) for c in clip_list]
+    kwargs = video_kwargs(processor, clip_list)
 
     tokenizer = processor.tokenizer
     padding_side = tokenizer.padding_side

@@ -1,13 +1,16 @@
-"""A tiny random Qwen2.5-VL checkpoint and processor, written to disk with no hub access.
+"""Tiny random Qwen VL checkpoints (Qwen2.5-VL, Qwen2-VL, Qwen3-VL, Qwen3-VL-MoE), written with no hub access.
 
-The directory mimics a hub checkpoint such as ``Qwen/Qwen2.5-VL-7B-Instruct`` (a 4.x-era flat
-``config.json``, ``rope_scaling: {"type": "mrope", ...}``, safetensors under the hub's parameter names,
-tokenizer and processor files in the 4.57 layout), because that is the layout every supported
-transformers version (4.57 .. 5.x) must accept. Every file is written by this module itself (JSON with
-sorted keys, safetensors by hand), so the same seed gives byte-identical files whichever transformers
-version is installed, and so bit-identical weights on each.
+Each directory mimics a hub checkpoint of its family (``Qwen/Qwen2.5-VL-7B-Instruct``,
+``Qwen/Qwen2-VL-7B-Instruct``, ``Qwen/Qwen3-VL-8B-Instruct``, ``Qwen/Qwen3-VL-30B-A3B-Instruct``): a 4.x-era
+``config.json`` (``rope_scaling``, which 5.x converts to ``rope_parameters``), safetensors under the hub's
+parameter names, tokenizer and processor files in the 4.57 layout, because that is the layout every
+supported transformers version (4.57 .. 5.x) must accept. Every file is written by this module itself (JSON
+with sorted keys, safetensors by hand), so the same family and seed give byte-identical files whichever
+transformers version is installed, and so bit-identical weights on each. All families share one locally
+trained BPE tokenizer and the Qwen2.5-VL chat template; they differ in the config, the parameter names and
+shapes, and the processor files (see :data:`FAMILIES`).
 
-Used by the tests and by the offline ``prunevid demo``.
+Used by the tests, the benchmarks' local processors and the offline ``prunevid demo``.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ from tokenizers import (
 __all__ = [
     "SPECIAL_TOKENS",
     "CHAT_TEMPLATE",
+    "DEFAULT_NUM_LAYERS",
+    "FAMILIES",
     "TEXT_SIZES",
     "VISION_SIZES",
     "build_tiny_checkpoint",
+    "family_sizes",
     "parameter_shapes",
     "write_model_files",
 ]
@@ -148,6 +154,98 @@ VISION_SIZES = {
     "fullatt_block_indexes": [1],
     "tokens_per_second": 2,
 }
+# Qwen2-VL: the Qwen2.5-VL language model; a vision tower without windows (LayerNorm blocks, fc1/fc2 MLP,
+# width embed_dim, MLP embed_dim * mlp_ratio), patch 14.
+QWEN2_VL_VISION_SIZES = {
+    "depth": 2,
+    "embed_dim": 32,
+    "mlp_ratio": 2,
+    "num_heads": 2,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
+# Qwen3-VL: explicit head_dim 16 with mrope_section [4, 2, 2], which gives the published interleaved
+# pattern (T H W T H W T T over the 8 frequencies, as [24, 20, 20] over 64 does: THW x 20 then TTTT); q/k
+# norms, no attention bias. 6 layers so that the default pruning layer round(10/28 * 6) = 2 is >= the 2
+# DeepStack levels (the stages need M >= K, see the Qwen3-VL spec, DeepStack).
+QWEN3_VL_TEXT_SIZES = {
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 128,
+    "mrope_section": [4, 2, 2],
+}
+# Qwen3-VL-MoE: every layer sparse, 4 experts, top 2. moe_intermediate_size 48 keeps the fused expert
+# matrices non-square (hidden 64 x 96, 48 x 64), so 5.x's load-time transpose of the 4.57 layout applies.
+QWEN3_VL_MOE_TEXT_SIZES = {
+    **QWEN3_VL_TEXT_SIZES,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 48,
+}
+# Qwen3-VL vision: patch 16 (32 pixels per LLM token), learned position embedding on an 8 x 8 grid
+# (num_position_embeddings must be a square; 2304 = 48 x 48 published), DeepStack features after blocks 0
+# and 1 (published: 8, 16, 24 of 27 blocks).
+QWEN3_VL_VISION_SIZES = {
+    "depth": 3,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "patch_size": 16,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "num_position_embeddings": 64,
+    "deepstack_visual_indexes": [0, 1],
+}
+
+# The families this module builds: model_type -> (architecture, processor class, text sizes, vision sizes).
+FAMILIES: dict[str, tuple[str, str, dict, dict]] = {
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", TEXT_SIZES, VISION_SIZES),
+    "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", TEXT_SIZES, QWEN2_VL_VISION_SIZES),
+    "qwen3_vl": (
+        "Qwen3VLForConditionalGeneration",
+        "Qwen3VLProcessor",
+        QWEN3_VL_TEXT_SIZES,
+        QWEN3_VL_VISION_SIZES,
+    ),
+    "qwen3_vl_moe": (
+        "Qwen3VLMoeForConditionalGeneration",
+        "Qwen3VLProcessor",
+        QWEN3_VL_MOE_TEXT_SIZES,
+        QWEN3_VL_VISION_SIZES,
+    ),
+}
+# Decoder layers of each family's tiny checkpoint by default.
+DEFAULT_NUM_LAYERS = {"qwen2_5_vl": 4, "qwen2_vl": 4, "qwen3_vl": 6, "qwen3_vl_moe": 6}
+# Qwen3-VL's video processor budgets the pixels of all frames together (t * h * w, sides multiples of 32):
+# clips of 4..64 frames with sides 32..256 that are multiples of 32 are not resized.
+_QWEN3_VIDEO_MIN_PIXELS = 4 * 32 * 32
+_QWEN3_VIDEO_MAX_PIXELS = 64 * 256 * 256
+_QWEN3_MEAN_STD = [0.5, 0.5, 0.5]
+
+
+def family_sizes(family: str) -> tuple[dict, dict]:
+    """The tiny ``(text, vision)`` sizes of ``family`` (copies; keys as the module's ``*_SIZES`` dicts).
+
+    Raises:
+        ValueError: ``family`` is not one of :data:`FAMILIES`.
+    """
+    _check_family(family)
+    _, _, text, vision = FAMILIES[family]
+    return dict(text), dict(vision)
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}: choose one of {', '.join(FAMILIES)}")
+
+
+def _is_qwen3(family: str) -> bool:
+    return family in ("qwen3_vl", "qwen3_vl_moe")
+
+
 # BPE vocabulary + special tokens (the corpus yields enough merges for this many).
 _VOCAB_SIZE = 768
 # Frames of 56x56 .. 448x448 with sides a multiple of 28 are not resized by the processors.
@@ -293,19 +391,35 @@ def _config(
     vision_sizes: dict = VISION_SIZES,
     rope_theta: float = 1000000.0,
     torch_dtype: str = "float32",
+    family: str = "qwen2_5_vl",
 ) -> dict:
-    """A hub-style (transformers 4.x era) ``config.json`` for the given sizes."""
+    """A hub-style (transformers 4.x era) ``config.json`` of ``family`` for the given sizes."""
+    if _is_qwen3(family):
+        return _qwen3_config(
+            token_ids, vocab_size, num_hidden_layers, text, vision_sizes, torch_dtype, family
+        )
     vision = dict(vision_sizes)
-    vision.update(
-        {
-            "hidden_act": "silu",
-            "in_chans": 3,
-            "out_hidden_size": text["hidden_size"],
-            "spatial_patch_size": vision_sizes["patch_size"],
-        }
-    )
+    if family == "qwen2_vl":
+        vision.update(
+            {
+                "hidden_size": text["hidden_size"],
+                "in_chans": 3,
+                "model_type": "qwen2_vl",
+                "spatial_patch_size": vision_sizes["patch_size"],
+            }
+        )
+    else:
+        vision.update(
+            {
+                "hidden_act": "silu",
+                "in_chans": 3,
+                "out_hidden_size": text["hidden_size"],
+                "spatial_patch_size": vision_sizes["patch_size"],
+            }
+        )
+    architecture = FAMILIES[family][0]
     return {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "architectures": [architecture],
         "attention_dropout": 0.0,
         "bos_token_id": token_ids["<|endoftext|>"],
         "eos_token_id": token_ids["<|im_end|>"],
@@ -320,7 +434,7 @@ def _config(
         "intermediate_size": text["intermediate_size"],
         "max_position_embeddings": 32768,
         "max_window_layers": num_hidden_layers,
-        "model_type": "qwen2_5_vl",
+        "model_type": family,
         "num_attention_heads": text["num_attention_heads"],
         "num_hidden_layers": num_hidden_layers,
         "num_key_value_heads": text["num_key_value_heads"],
@@ -338,6 +452,82 @@ def _config(
     }
 
 
+def _qwen3_config(
+    token_ids: dict[str, int],
+    vocab_size: int,
+    num_hidden_layers: int,
+    text: dict,
+    vision_sizes: dict,
+    torch_dtype: str,
+    family: str,
+) -> dict:
+    """A Qwen3-VL(-MoE) ``config.json`` in the published (4.57) nested layout.
+
+    ``text_config.rope_scaling`` is always written (4.57 fails to build the model without it; 5.x reads it
+    with ``rope_theta`` into ``rope_parameters``).
+    """
+    text_config = {
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": token_ids["<|endoftext|>"],
+        "eos_token_id": token_ids["<|im_end|>"],
+        "head_dim": text["head_dim"],
+        "hidden_act": "silu",
+        "hidden_size": text["hidden_size"],
+        "initializer_range": 0.02,
+        "intermediate_size": text["intermediate_size"],
+        "max_position_embeddings": 32768,
+        "model_type": f"{family}_text",
+        "num_attention_heads": text["num_attention_heads"],
+        "num_hidden_layers": num_hidden_layers,
+        "num_key_value_heads": text["num_key_value_heads"],
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": {
+            "mrope_interleaved": True,
+            "mrope_section": list(text["mrope_section"]),
+            "rope_type": "default",
+        },
+        "rope_theta": 5000000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": torch_dtype,
+        "use_cache": True,
+        "vocab_size": vocab_size,
+    }
+    if family == "qwen3_vl_moe":
+        text_config.update(
+            {
+                "decoder_sparse_step": 1,
+                "mlp_only_layers": [],
+                "moe_intermediate_size": text["moe_intermediate_size"],
+                "norm_topk_prob": True,
+                "num_experts": text["num_experts"],
+                "num_experts_per_tok": text["num_experts_per_tok"],
+            }
+        )
+    vision = dict(vision_sizes)
+    vision.update(
+        {
+            "hidden_act": "gelu_pytorch_tanh",
+            "in_channels": 3,
+            "initializer_range": 0.02,
+            "model_type": family,
+            "out_hidden_size": text["hidden_size"],
+        }
+    )
+    return {
+        "architectures": [FAMILIES[family][0]],
+        "image_token_id": token_ids["<|image_pad|>"],
+        "model_type": family,
+        "text_config": dict(sorted(text_config.items())),
+        "tie_word_embeddings": False,
+        "transformers_version": "4.57.0",
+        "video_token_id": token_ids["<|video_pad|>"],
+        "vision_config": dict(sorted(vision.items())),
+        "vision_end_token_id": token_ids["<|vision_end|>"],
+        "vision_start_token_id": token_ids["<|vision_start|>"],
+    }
+
+
 def _generation_config(token_ids: dict[str, int]) -> dict:
     """Greedy by default (the hub file's sampling settings would make the demo non-deterministic)."""
     return {
@@ -348,31 +538,62 @@ def _generation_config(token_ids: dict[str, int]) -> dict:
     }
 
 
-def _image_processor_config() -> dict:
+def _image_processor_config(family: str = "qwen2_5_vl") -> dict:
+    """``preprocessor_config.json``: ``Qwen2VLImageProcessor`` with the family's patch size and mean/std."""
+    vision = FAMILIES[family][3]
+    factor = vision["patch_size"] * vision["spatial_merge_size"]
+    mean, std = (_QWEN3_MEAN_STD, _QWEN3_MEAN_STD) if _is_qwen3(family) else (_CLIP_MEAN, _CLIP_STD)
+    min_pixels = _MIN_PIXELS if factor == 28 else (2 * factor) ** 2
     return {
         "do_convert_rgb": True,
         "do_normalize": True,
         "do_rescale": True,
         "do_resize": True,
-        "image_mean": _CLIP_MEAN,
+        "image_mean": mean,
         "image_processor_type": "Qwen2VLImageProcessor",
-        "image_std": _CLIP_STD,
+        "image_std": std,
         "max_pixels": _MAX_PIXELS,
-        "merge_size": VISION_SIZES["spatial_merge_size"],
-        "min_pixels": _MIN_PIXELS,
-        "patch_size": VISION_SIZES["patch_size"],
-        "processor_class": "Qwen2_5_VLProcessor",
+        "merge_size": vision["spatial_merge_size"],
+        "min_pixels": min_pixels,
+        "patch_size": vision["patch_size"],
+        "processor_class": FAMILIES[family][1],
         "resample": 3,
         "rescale_factor": 1 / 255,
-        "size": {"longest_edge": _MAX_PIXELS, "shortest_edge": _MIN_PIXELS},
-        "temporal_patch_size": VISION_SIZES["temporal_patch_size"],
+        "size": {"longest_edge": _MAX_PIXELS, "shortest_edge": min_pixels},
+        "temporal_patch_size": vision["temporal_patch_size"],
     }
 
 
-def _video_processor_config() -> dict:
-    cfg = _image_processor_config()
-    del cfg["image_processor_type"]
-    cfg.update({"do_sample_frames": False, "video_processor_type": "Qwen2VLVideoProcessor"})
+def _video_processor_config(family: str = "qwen2_5_vl") -> dict:
+    """``video_preprocessor_config.json``.
+
+    Qwen2/2.5-VL: ``Qwen2VLVideoProcessor``, per-frame budget as the images, no frame sampling. Qwen3-VL:
+    ``Qwen3VLVideoProcessor`` with its published defaults (samples 2 fps unless told
+    ``do_sample_frames=False``, 4..768 frames) and a total pixel budget over all frames suited to tiny
+    clips (see ``_QWEN3_VIDEO_MIN_PIXELS``).
+    """
+    cfg = _image_processor_config(family)
+    del cfg["image_processor_type"], cfg["max_pixels"], cfg["min_pixels"]
+    if _is_qwen3(family):
+        cfg.update(
+            {
+                "do_sample_frames": True,
+                "fps": 2,
+                "max_frames": 768,
+                "min_frames": 4,
+                "size": {"longest_edge": _QWEN3_VIDEO_MAX_PIXELS, "shortest_edge": _QWEN3_VIDEO_MIN_PIXELS},
+                "video_processor_type": "Qwen3VLVideoProcessor",
+            }
+        )
+    else:
+        cfg.update(
+            {
+                "do_sample_frames": False,
+                "max_pixels": _MAX_PIXELS,
+                "min_pixels": _MIN_PIXELS,
+                "video_processor_type": "Qwen2VLVideoProcessor",
+            }
+        )
     return dict(sorted(cfg.items()))
 
 
@@ -382,41 +603,84 @@ def _video_processor_config() -> dict:
 
 
 def parameter_shapes(
-    vocab_size: int, num_hidden_layers: int, text: dict = TEXT_SIZES, vision: dict = VISION_SIZES
+    vocab_size: int,
+    num_hidden_layers: int,
+    text: dict = TEXT_SIZES,
+    vision: dict = VISION_SIZES,
+    family: str = "qwen2_5_vl",
 ) -> dict[str, tuple[int, ...]]:
-    """Hub parameter names of Qwen2.5-VL (``visual.*``, ``model.*``, ``lm_head.*``) and their shapes."""
+    """Hub parameter names of a ``family`` checkpoint and their shapes.
+
+    Qwen2.5-VL and Qwen2-VL checkpoints are published in the old layout (``visual.*``, ``model.*``,
+    ``lm_head.*``), Qwen3-VL(-MoE) in the module layout (``model.visual.*``, ``model.language_model.*``,
+    ``lm_head.*``); every supported transformers version maps both to its module tree. Qwen3-VL-MoE experts
+    are stored fused in the published (4.57) orientation: ``gate_up_proj`` ``[E, hidden, 2 * moe_inter]``,
+    ``down_proj`` ``[E, moe_inter, hidden]`` (5.x transposes them on load).
+    """
+    _check_family(family)
+    qwen3 = _is_qwen3(family)
+    llm, visual = ("model.language_model.", "model.visual.") if qwen3 else ("model.", "visual.")
     d, ff = text["hidden_size"], text["intermediate_size"]
-    head_dim = d // text["num_attention_heads"]
+    head_dim = text.get("head_dim", d // text["num_attention_heads"])
+    q = text["num_attention_heads"] * head_dim
     kv = text["num_key_value_heads"] * head_dim
     shapes: dict[str, tuple[int, ...]] = {
-        "model.embed_tokens.weight": (vocab_size, d),
-        "model.norm.weight": (d,),
+        llm + "embed_tokens.weight": (vocab_size, d),
+        llm + "norm.weight": (d,),
         "lm_head.weight": (vocab_size, d),
     }
     for i in range(num_hidden_layers):
-        p = f"model.layers.{i}."
+        p = f"{llm}layers.{i}."
         shapes.update(
             {
                 p + "input_layernorm.weight": (d,),
                 p + "post_attention_layernorm.weight": (d,),
-                p + "self_attn.q_proj.weight": (d, d),
-                p + "self_attn.q_proj.bias": (d,),
+                p + "self_attn.q_proj.weight": (q, d),
                 p + "self_attn.k_proj.weight": (kv, d),
-                p + "self_attn.k_proj.bias": (kv,),
                 p + "self_attn.v_proj.weight": (kv, d),
-                p + "self_attn.v_proj.bias": (kv,),
-                p + "self_attn.o_proj.weight": (d, d),
-                p + "mlp.gate_proj.weight": (ff, d),
-                p + "mlp.up_proj.weight": (ff, d),
-                p + "mlp.down_proj.weight": (d, ff),
+                p + "self_attn.o_proj.weight": (d, q),
             }
         )
-    vd, vff, ps = vision["hidden_size"], vision["intermediate_size"], vision["patch_size"]
-    tps = vision["temporal_patch_size"]
-    merged = vd * vision["spatial_merge_size"] ** 2
-    shapes["visual.patch_embed.proj.weight"] = (vd, 3, tps, ps, ps)
+        if qwen3:
+            shapes.update(
+                {p + "self_attn.q_norm.weight": (head_dim,), p + "self_attn.k_norm.weight": (head_dim,)}
+            )
+        else:
+            shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,)})
+            shapes[p + "self_attn.v_proj.bias"] = (kv,)
+        if family == "qwen3_vl_moe":
+            experts, moe_ff = text["num_experts"], text["moe_intermediate_size"]
+            shapes.update(
+                {
+                    p + "mlp.gate.weight": (experts, d),
+                    p + "mlp.experts.gate_up_proj": (experts, d, 2 * moe_ff),
+                    p + "mlp.experts.down_proj": (experts, moe_ff, d),
+                }
+            )
+        else:
+            shapes.update(
+                {
+                    p + "mlp.gate_proj.weight": (ff, d),
+                    p + "mlp.up_proj.weight": (ff, d),
+                    p + "mlp.down_proj.weight": (d, ff),
+                }
+            )
+    shapes.update(_vision_shapes(visual, d, vision, family))
+    return shapes
+
+
+def _vision_shapes(visual: str, out_dim: int, vision: dict, family: str) -> dict[str, tuple[int, ...]]:
+    """The vision tower's parameters (names under ``visual``) for each family."""
+    ps, tps, merge = vision["patch_size"], vision["temporal_patch_size"], vision["spatial_merge_size"]
+    vd = vision["embed_dim"] if family == "qwen2_vl" else vision["hidden_size"]
+    vff = vd * vision["mlp_ratio"] if family == "qwen2_vl" else vision["intermediate_size"]
+    merged = vd * merge**2
+    shapes: dict[str, tuple[int, ...]] = {visual + "patch_embed.proj.weight": (vd, 3, tps, ps, ps)}
+    if _is_qwen3(family):
+        shapes[visual + "patch_embed.proj.bias"] = (vd,)
+        shapes[visual + "pos_embed.weight"] = (vision["num_position_embeddings"], vd)
     for j in range(vision["depth"]):
-        p = f"visual.blocks.{j}."
+        p = f"{visual}blocks.{j}."
         shapes.update(
             {
                 p + "norm1.weight": (vd,),
@@ -425,23 +689,46 @@ def parameter_shapes(
                 p + "attn.qkv.bias": (3 * vd,),
                 p + "attn.proj.weight": (vd, vd),
                 p + "attn.proj.bias": (vd,),
-                p + "mlp.gate_proj.weight": (vff, vd),
-                p + "mlp.gate_proj.bias": (vff,),
-                p + "mlp.up_proj.weight": (vff, vd),
-                p + "mlp.up_proj.bias": (vff,),
-                p + "mlp.down_proj.weight": (vd, vff),
-                p + "mlp.down_proj.bias": (vd,),
             }
         )
-    shapes.update(
-        {
-            "visual.merger.ln_q.weight": (vd,),
-            "visual.merger.mlp.0.weight": (merged, merged),
-            "visual.merger.mlp.0.bias": (merged,),
-            "visual.merger.mlp.2.weight": (d, merged),
-            "visual.merger.mlp.2.bias": (d,),
-        }
-    )
+        if family == "qwen2_5_vl":  # RMSNorm blocks, gated MLP
+            for name in ("gate_proj", "up_proj"):
+                shapes.update({p + f"mlp.{name}.weight": (vff, vd), p + f"mlp.{name}.bias": (vff,)})
+            shapes.update({p + "mlp.down_proj.weight": (vd, vff), p + "mlp.down_proj.bias": (vd,)})
+        else:  # LayerNorm blocks, two-layer MLP
+            fc1, fc2 = ("fc1", "fc2") if family == "qwen2_vl" else ("linear_fc1", "linear_fc2")
+            shapes.update({p + "norm1.bias": (vd,), p + "norm2.bias": (vd,)})
+            shapes.update({p + f"mlp.{fc1}.weight": (vff, vd), p + f"mlp.{fc1}.bias": (vff,)})
+            shapes.update({p + f"mlp.{fc2}.weight": (vd, vff), p + f"mlp.{fc2}.bias": (vd,)})
+    if not _is_qwen3(family):
+        shapes.update(
+            {
+                visual + "merger.ln_q.weight": (vd,),
+                visual + "merger.mlp.0.weight": (merged, merged),
+                visual + "merger.mlp.0.bias": (merged,),
+                visual + "merger.mlp.2.weight": (out_dim, merged),
+                visual + "merger.mlp.2.bias": (out_dim,),
+            }
+        )
+        if family == "qwen2_vl":
+            shapes[visual + "merger.ln_q.bias"] = (vd,)
+        return shapes
+    # Qwen3-VL: the merger normalises each patch before the 2x2 shuffle; DeepStack mergers after it.
+    mergers = [("merger.", vd)] + [
+        (f"deepstack_merger_list.{k}.", merged) for k in range(len(vision["deepstack_visual_indexes"]))
+    ]
+    for prefix, norm_dim in mergers:
+        p = visual + prefix
+        shapes.update(
+            {
+                p + "norm.weight": (norm_dim,),
+                p + "norm.bias": (norm_dim,),
+                p + "linear_fc1.weight": (merged, merged),
+                p + "linear_fc1.bias": (merged,),
+                p + "linear_fc2.weight": (out_dim, merged),
+                p + "linear_fc2.bias": (out_dim,),
+            }
+        )
     return shapes
 
 
@@ -455,12 +742,14 @@ def _random_weights(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, 
     out: dict[str, np.ndarray] = {}
     for name in sorted(shapes):  # fixed draw order
         shape = shapes[name]
-        if name.endswith("norm.weight") or "norm1" in name or "norm2" in name or "ln_q" in name:
+        if name.endswith("norm.weight") or "norm1.w" in name or "norm2.w" in name or "ln_q.w" in name:
             w = 1.0 + 0.1 * rng.standard_normal(shape)
         elif name.endswith(".bias"):
             w = 0.1 * rng.standard_normal(shape)
         elif name == "model.embed_tokens.weight":
             w = rng.standard_normal(shape)
+        elif ".experts." in name:  # fused [E, in, out] expert matrices
+            w = rng.standard_normal(shape) / np.sqrt(shape[1])
         else:
             fan_in = int(np.prod(shape[1:]))
             w = rng.standard_normal(shape) / np.sqrt(fan_in)
@@ -498,30 +787,42 @@ def write_model_files(
     path: str | Path,
     *,
     num_hidden_layers: int,
-    text: dict = TEXT_SIZES,
-    vision: dict = VISION_SIZES,
+    text: dict | None = None,
+    vision: dict | None = None,
     extra_corpus: str = "",
     vocab_size: int = _VOCAB_SIZE,
     rope_theta: float = 1000000.0,
     torch_dtype: str = "float32",
+    family: str = "qwen2_5_vl",
 ) -> dict:
-    """Write every file of a hub-layout Qwen2.5-VL checkpoint except the weights; returns its ids and sizes.
+    """Write every file of a hub-layout ``family`` checkpoint except the weights; returns its ids and sizes.
 
-    Files: ``config.json`` (4.x-era flat layout), ``generation_config.json`` (greedy), the image and video
-    processor configs (patch 14, merge 2, temporal patch 2, CLIP mean/std; frames of 56..448 pixels a side
-    that are multiples of 28 are not resized), ``chat_template.json`` and the tokenizer files: a byte-level
-    BPE trained on a small English corpus plus ``extra_corpus`` (text the model must tokenize into whole
-    words), with up to ``vocab_size`` entries, :data:`SPECIAL_TOKENS` last. Add
-    ``model.safetensors`` under the names of :func:`parameter_shapes` for a loadable checkpoint.
+    Files: ``config.json`` (4.x-era layout: flat for Qwen2/2.5-VL, ``text_config`` / ``vision_config`` for
+    Qwen3-VL), ``generation_config.json`` (greedy), the image and video processor configs,
+    ``chat_template.json`` (the Qwen2.5-VL template, whose video item renders
+    ``<|vision_start|><|video_pad|><|vision_end|>`` as the published Qwen2-VL and Qwen3-VL templates do) and
+    the tokenizer files: a byte-level BPE trained on a small English corpus plus ``extra_corpus`` (text the
+    model must tokenize into whole words), with up to ``vocab_size`` entries, :data:`SPECIAL_TOKENS` last.
+    Add ``model.safetensors`` under the names of :func:`parameter_shapes` for a loadable checkpoint.
+
+    Processors: Qwen2.5-VL / Qwen2-VL: patch 14, merge 2, temporal patch 2, CLIP mean/std, frames of
+    56..448 pixels a side that are multiples of 28 are not resized, no frame sampling. Qwen3-VL(-MoE): images
+    through ``Qwen2VLImageProcessor`` with patch 16, videos through ``Qwen3VLVideoProcessor`` (patch 16,
+    merge 2, temporal patch 2, mean/std 0.5, samples 2 fps unless ``do_sample_frames=False``); clips of 4..64
+    frames with sides of 32..256 pixels that are multiples of 32 are not resized.
 
     Args:
-        text: language-model sizes, keys as :data:`TEXT_SIZES` (``mrope_section`` sums to head_dim / 2).
-        vision: vision-tower sizes, keys as :data:`VISION_SIZES`.
+        text: language-model sizes, keys as the family's (:func:`family_sizes`); None: the family's.
+        vision: vision-tower sizes, keys as the family's; None: the family's.
         torch_dtype: the dtype ``from_pretrained(dtype="auto")`` loads the weights in.
+        family: one of :data:`FAMILIES` (a ``model_type``).
 
     Returns:
         ``{"token_ids": {special token: id}, "vocab_size": int}``.
     """
+    default_text, default_vision = family_sizes(family)
+    text = default_text if text is None else text
+    vision = default_vision if vision is None else vision
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     corpus = _CORPUS + extra_corpus
@@ -530,12 +831,12 @@ def write_model_files(
     size = len(tokenizer_json["model"]["vocab"]) + len(tokenizer_json["added_tokens"])
     if sorted(token_ids.values()) != list(range(size - len(SPECIAL_TOKENS), size)):
         raise RuntimeError("special token ids are not contiguous at the end of the vocabulary")
-    config = _config(token_ids, size, num_hidden_layers, text, vision, rope_theta, torch_dtype)
+    config = _config(token_ids, size, num_hidden_layers, text, vision, rope_theta, torch_dtype, family)
     files = {
         "config.json": _dumps(config),
         "generation_config.json": _dumps(_generation_config(token_ids)),
-        "preprocessor_config.json": _dumps(_image_processor_config()),
-        "video_preprocessor_config.json": _dumps(_video_processor_config()),
+        "preprocessor_config.json": _dumps(_image_processor_config(family)),
+        "video_preprocessor_config.json": _dumps(_video_processor_config(family)),
         "chat_template.json": _dumps({"chat_template": CHAT_TEMPLATE}),
         **_tokenizer_files(tokenizer_json),
     }
@@ -544,24 +845,49 @@ def write_model_files(
     return {"token_ids": token_ids, "vocab_size": size}
 
 
-def build_tiny_checkpoint(path: str | Path, *, seed: int = 0, num_hidden_layers: int = 4) -> Path:
-    """Write a tiny random Qwen2.5-VL checkpoint with its processor to ``path`` and return it.
+def build_tiny_checkpoint(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    num_hidden_layers: int | None = None,
+    family: str = "qwen2_5_vl",
+) -> Path:
+    """Write a tiny random checkpoint of ``family`` with its processor to ``path`` and return it.
 
-    The directory loads with ``Qwen2_5_VLForConditionalGeneration.from_pretrained(path)`` and
-    ``AutoProcessor.from_pretrained(path)`` on transformers 4.57 and 5.x. Text: hidden 64, 4 heads of
-    dim 16, 2 key-value heads, ``num_hidden_layers`` layers; vision: hidden 32, depth 2 (block 0 window
-    attention, block 1 full attention), patch 14, merge 2, temporal patch 2. Weights are float32 and
-    depend only on ``seed``: the same seed gives byte-identical files.
+    The directory loads with the family's ``*ForConditionalGeneration.from_pretrained(path)`` (or
+    ``AutoModelForImageTextToText``) and ``AutoProcessor.from_pretrained(path)`` on transformers 4.57 and
+    5.x. Weights are float32 and depend only on ``family`` and ``seed``: the same pair gives byte-identical
+    files. Every family: text hidden 64, 4 attention heads of dim 16, 2 key-value heads, the shared BPE
+    tokenizer (768 ids, Qwen's special tokens last); vision merge 2, temporal patch 2.
+
+    - ``qwen2_5_vl``: 4 layers, mrope [2, 3, 3]; vision hidden 32, depth 2 (block 0 in 112-pixel windows,
+      block 1 full), patch 14.
+    - ``qwen2_vl``: 4 layers, mrope [2, 3, 3]; vision embed_dim 32, depth 2, mlp_ratio 2, patch 14.
+    - ``qwen3_vl``: 6 layers, head_dim 16, interleaved mrope [4, 2, 2], q/k norms; vision hidden 32, depth 3,
+      patch 16, 8x8 learned position grid, DeepStack after vision blocks [0, 1] (added after LLM layers 0
+      and 1; the default pruning layer round(10/28 * 6) = 2 is past them).
+    - ``qwen3_vl_moe``: ``qwen3_vl`` with every MLP a sparse block of 4 experts (top 2, intermediate 48).
 
     Args:
         path: directory to write; created if missing, existing files of the same names are replaced.
         seed: seed of the weights.
-        num_hidden_layers: number of decoder layers of the language model.
+        num_hidden_layers: number of decoder layers of the language model; None: the family's default
+            (:data:`DEFAULT_NUM_LAYERS`).
+        family: one of :data:`FAMILIES` (the checkpoint's ``model_type``).
+
+    Raises:
+        ValueError: an unknown family, or fewer than 1 layer.
     """
+    _check_family(family)
+    if num_hidden_layers is None:
+        num_hidden_layers = DEFAULT_NUM_LAYERS[family]
     if num_hidden_layers < 1:
         raise ValueError(f"num_hidden_layers must be >= 1, got {num_hidden_layers}")
-    info = write_model_files(path, num_hidden_layers=num_hidden_layers)
+    info = write_model_files(path, num_hidden_layers=num_hidden_layers, family=family)
     path = Path(path)
-    weights = _random_weights(parameter_shapes(info["vocab_size"], num_hidden_layers), seed)
+    text, vision = family_sizes(family)
+    weights = _random_weights(
+        parameter_shapes(info["vocab_size"], num_hidden_layers, text, vision, family), seed
+    )
     _write_safetensors(weights, path / "model.safetensors")
     return path

@@ -1,7 +1,30 @@
-"""Shared fixtures: a tiny random Qwen2.5-VL (built once per session, no hub access) and synthetic clips."""
+"""Shared fixtures: tiny random models (built once per session, no hub access) and synthetic clips.
+
+Qwen2.5-VL (most tests): ``tiny_checkpoint``, ``tiny_model`` / ``tiny_model_eager`` / ``models``,
+``tiny_processor``, ``prompts``, ``stock_models``.
+
+Every supported family (``qwen2_5_vl``, ``qwen2_vl``, ``qwen3_vl``, ``qwen3_vl_moe``; see
+:func:`prunevid.tiny.build_tiny_checkpoint` for the sizes):
+
+- ``family``: the family name. A test that uses any fixture below runs once per family; narrow it with
+  ``@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe"], indirect=True)`` (indirect: the
+  fixtures below are session-scoped and built once per family).
+- ``tiny_family_checkpoint``: the family's checkpoint folder (seed 0, the family's default depth); load it
+  with ``load_tiny_model(checkpoint, "sdpa" | "eager")`` (any family; ``from conftest import
+  load_tiny_model``).
+- ``tiny_checkpoint_of(family)``: the same folder for a family named in the test body.
+- ``tiny_family_models``: ``{"sdpa": model, "eager": model}`` of the family (shared: detach what you
+  attach, change no weights); ``tiny_family_processor``: its processor.
+- ``family_prompts``: processor outputs (:func:`prunevid.prompt.build_inputs`) of the family: ``single``
+  (batch 1: 12 frames of 4x4 LLM tokens, a scene cut at frame 6) and ``padded`` (batch 2, left padding:
+  that clip and 8 frames of 4x5 tokens, different questions). Frames are ``FAMILY_CLIP_UNIT[family]``
+  (28 or 32 pixels) per LLM token, so the processor does not resize them; both families' clips give the
+  same token grids. ``family_clip(family, ...)`` makes more such clips.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +34,7 @@ import pytest
 import torch
 
 from prunevid.synthetic import make_clip
-from prunevid.tiny import build_tiny_checkpoint
+from prunevid.tiny import FAMILIES, build_tiny_checkpoint
 from prunevid.video import VideoClip
 
 # ----------------------------------------------------------------------------------------------
@@ -26,10 +49,17 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def load_tiny_model(checkpoint: Path, attn_implementation: str) -> Any:
-    """The tiny model in float32 and eval mode with the given attention implementation."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    """A tiny model of any family in float32 and eval mode with the given attention implementation.
 
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    The class follows the checkpoint's ``model_type`` (:data:`prunevid.pipeline.MODEL_CLASSES`).
+    """
+    import transformers
+
+    from prunevid.pipeline import MODEL_CLASSES
+
+    model_type = json.loads((Path(checkpoint) / "config.json").read_text())["model_type"]
+    model_class = getattr(transformers, MODEL_CLASSES[model_type])
+    model = model_class.from_pretrained(
         checkpoint, dtype=torch.float32, attn_implementation=attn_implementation
     )
     return model.eval()
@@ -128,3 +158,77 @@ def stock_models(models: dict[str, Any]) -> Any:
         pruner = pruner_of(model)
         if pruner is not None:
             pruner.detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# Every supported family
+# ----------------------------------------------------------------------------------------------
+
+# Pixels per LLM token side (patch size x spatial merge): frames of multiples of this are not resized.
+FAMILY_CLIP_UNIT = {"qwen2_5_vl": 28, "qwen2_vl": 28, "qwen3_vl": 32, "qwen3_vl_moe": 32}
+
+
+def family_clip(
+    family: str, num_frames: int, rows: int, columns: int, *, seed: int = 0, **kwargs: Any
+) -> VideoClip:
+    """:func:`video_clip` of ``rows x columns`` LLM tokens per frame pair for ``family``'s processor."""
+    unit = FAMILY_CLIP_UNIT[family]
+    return video_clip(num_frames, rows * unit, columns * unit, seed=seed, **kwargs)
+
+
+@pytest.fixture(scope="session", params=list(FAMILIES))
+def family(request: pytest.FixtureRequest) -> str:
+    """The model family (``model_type``) of the ``tiny_family_*`` fixtures; one test run per family."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_of(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``tiny_checkpoint_of(family)``: that family's tiny checkpoint folder, built on first use."""
+    built: dict[str, Path] = {}
+
+    def checkpoint(family_name: str) -> Path:
+        if family_name not in built:
+            folder = tmp_path_factory.mktemp("tiny-family") / f"tiny-{family_name}"
+            built[family_name] = build_tiny_checkpoint(folder, family=family_name)
+        return built[family_name]
+
+    return checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_family_checkpoint(family: str, tiny_checkpoint_of: Callable[[str], Path]) -> Path:
+    """The tiny checkpoint folder of ``family`` (seed 0, the family's default number of layers)."""
+    return tiny_checkpoint_of(family)
+
+
+@pytest.fixture(scope="session")
+def tiny_family_models(tiny_family_checkpoint: Path) -> dict[str, Any]:
+    """``{"sdpa": model, "eager": model}`` of ``family`` in float32. Shared: tests must leave them stock."""
+    return {impl: load_tiny_model(tiny_family_checkpoint, impl) for impl in ("sdpa", "eager")}
+
+
+@pytest.fixture(scope="session")
+def tiny_family_processor(tiny_family_checkpoint: Path) -> Any:
+    """The processor of ``family``'s tiny checkpoint (``AutoProcessor``)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_family_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def family_prompts(family: str, tiny_family_processor: Any) -> dict[str, Any]:
+    """Processor outputs of ``family``: ``single`` (batch 1) and ``padded`` (batch 2, left padding, clips
+    of different sizes and lengths). See the module docstring."""
+    from prunevid.prompt import build_inputs
+
+    first = family_clip(family, 12, 4, 4, seed=1, scene_cut_at=6)
+    second = family_clip(family, 8, 4, 5, seed=2)
+    return {
+        "single": build_inputs(tiny_family_processor, first, "What moves in the video?"),
+        "padded": build_inputs(
+            tiny_family_processor,
+            [first, second],
+            ["What moves in the video?", "Which colour is the disc at the end?"],
+        ),
+    }
