@@ -200,6 +200,10 @@ class TokenMap:
     representative: np.ndarray
     frames_per_step: int
 
+    def token_frame(self, frame: int) -> int:
+        """The token frame sampled frame ``frame`` belongs to (``frame // frames_per_step``)."""
+        return min(frame // self.frames_per_step, self.grid[0] - 1)
+
     def counts(self) -> list[dict[str, int]]:
         """Per token frame: ``tokens`` (``h' * w'``), ``after_stage1`` (Stage-1 tokens whose representative
         is in this frame), ``after_stage2`` (tokens drawn bright: they reached the last layer),
@@ -283,14 +287,13 @@ def cell_index(height: int, width: int, rows: int, columns: int) -> np.ndarray:
     return row_of[:, None] * columns + col_of[None, :]
 
 
-def overlay_frame(frame: np.ndarray, state: np.ndarray, representative: np.ndarray, t: int) -> np.ndarray:
+def overlay_frame(frame: np.ndarray, state: np.ndarray, representative: np.ndarray) -> np.ndarray:
     """One frame with its token frame's states drawn on it.
 
     Args:
         frame: ``uint8 [H, W, 3]`` RGB, the frame as the processor got it.
         state: ``int8 [h', w']`` the token frame's states (:attr:`TokenMap.state` ``[t]``).
         representative: ``int64 [h', w']`` grid index of each token's representative.
-        t: the token frame (grid indices of this frame start at ``t * h' * w'``; only used for checks).
 
     Returns:
         ``uint8 [H, W, 3]``: kept cells exactly the frame's pixels, merged cells mixed with their
@@ -317,8 +320,8 @@ def overlay_frames(clip_frames: np.ndarray, tokens: TokenMap) -> np.ndarray:
     frames = np.asarray(clip_frames)
     out = np.empty_like(frames)
     for f in range(len(frames)):
-        t = min(f // tokens.frames_per_step, tokens.grid[0] - 1)
-        out[f] = overlay_frame(frames[f], tokens.state[t], tokens.representative[t], t)
+        t = tokens.token_frame(f)
+        out[f] = overlay_frame(frames[f], tokens.state[t], tokens.representative[t])
     return out
 
 
@@ -390,7 +393,6 @@ def contact_sheet(
     for i, line in enumerate([*title, *legend]):
         colour = (235, 235, 235) if i < len(title) else (170, 170, 170)
         draw.text((gap, gap + 17 * i), _fit(line, draw, font, sheet_width - 2 * gap), fill=colour, font=font)
-    overlays = [overlay_frames(frames, tokens) for _, tokens in rows]
     all_counts = [tokens.counts() for _, tokens in rows]
     for f in range(count):
         band, column = divmod(f, columns)
@@ -404,9 +406,11 @@ def contact_sheet(
                 draw.text(
                     (gap, y + 2), _fit(label, draw, font, label_width - 2 * gap), fill=(235,) * 3, font=font
                 )
-            tile = Image.fromarray(overlays[r][f]).resize((tile_width, tile_height), Image.Resampling.BOX)
-            sheet.paste(tile, (x, y))
-            t = min(f // tokens.frames_per_step, tokens.grid[0] - 1)
+            t = tokens.token_frame(f)
+            drawn = overlay_frame(frames[f], tokens.state[t], tokens.representative[t])
+            sheet.paste(
+                Image.fromarray(drawn).resize((tile_width, tile_height), Image.Resampling.BOX), (x, y)
+            )
             numbers = all_counts[r][t]
             values = (numbers["tokens"], numbers["after_stage1"], numbers["after_stage2"])
             for k, (value, colour) in enumerate(zip(values, BAR_COLOURS, strict=True)):
@@ -442,7 +446,6 @@ def side_by_side_video(
 
     frames = np.asarray(clip_frames)
     count, height, width = frames.shape[:3]
-    overlays = [overlay_frames(frames, tokens) for _, tokens in rows]
     strip = Image.new("RGB", (width * len(rows), 20), (24, 24, 24))
     draw = ImageDraw.Draw(strip)
     for r, (label, _) in enumerate(rows):
@@ -453,7 +456,10 @@ def side_by_side_video(
     out = np.empty((count, height + 20, width * len(rows), 3), dtype=np.uint8)
     for f in range(count):
         out[f, :20] = labels
-        out[f, 20:] = np.concatenate([o[f] for o in overlays], axis=1)
+        for r, (_, tokens) in enumerate(rows):
+            t = tokens.token_frame(f)
+            drawn = overlay_frame(frames[f], tokens.state[t], tokens.representative[t])
+            out[f, 20:, r * width : (r + 1) * width] = drawn
     if out.shape[1] % 2 or out.shape[2] % 2:  # the codec wants even sides
         out = np.pad(out, ((0, 0), (0, out.shape[1] % 2), (0, out.shape[2] % 2), (0, 0)))
     return write_video(out, path, fps=fps)
@@ -511,7 +517,8 @@ class Explanation:
                 {
                     "source": self.sources[v],
                     "num_frames": int(clip.frames.shape[0]),
-                    "frame_size": [int(clip.frames.shape[2]), int(clip.frames.shape[1])],
+                    "frame_width": int(clip.frames.shape[2]),
+                    "frame_height": int(clip.frames.shape[1]),
                     "sampled_fps": clip.sampled_fps,
                     "source_frame_indices": [int(i) for i in clip.frame_indices],
                     "token_grid": list(grid),
@@ -772,14 +779,13 @@ def explain(
     return explanation
 
 
-def _labels(method: MethodResult, v: int) -> tuple[str, str]:
-    """The row label and the title line of one method on video ``v``."""
+def _method_line(method: MethodResult, v: int) -> str:
+    """One method on video ``v``: tokens per stage, retention and answer (a title line of the sheet)."""
     stats = method.stats.samples[0].videos[v]
-    line = (
+    return (
         f"{method.name}: {stats.tokens_in} tokens -> {stats.tokens_after_stage1} after stage 1 -> "
         f"{stats.tokens_after_stage2} after stage 2 ({stats.retention:.1%} kept); answer: {method.answer!r}"
     )
-    return method.name, line
 
 
 def write(
@@ -804,7 +810,7 @@ def write(
     for v, clip in enumerate(explanation.clips):
         rows = [(m.name, m.token_maps[v]) for m in explanation.methods]
         prefix = f"video {v}: " if len(explanation.clips) > 1 else ""
-        title = [f"{prefix}{explanation.question}"] + [_labels(m, v)[1] for m in explanation.methods]
+        title = [f"{prefix}{explanation.question}"] + [_method_line(m, v) for m in explanation.methods]
         times = (np.asarray(clip.frame_indices, dtype=np.float64) / clip.source_fps).tolist()
         sheet = contact_sheet(
             clip.frames, rows, title=title, columns=columns, tile_width=tile_width, frame_times=times

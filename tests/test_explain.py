@@ -99,7 +99,7 @@ def test_bright_cells_are_exactly_the_kept_tokens(case: tuple, cell: int) -> Non
     rng = np.random.default_rng(0)
     frame = rng.integers(40, 216, size=(rows * cell + 1, columns * cell + 2, 3), dtype=np.uint8)
     for t in range(frames_t):
-        drawn = overlay_frame(frame, tokens_map.state[t], tokens_map.representative[t], t)
+        drawn = overlay_frame(frame, tokens_map.state[t], tokens_map.representative[t])
         bright = bright_cells(frame, drawn, rows, columns)
         assert np.array_equal(bright, tokens_map.state[t] == KEPT)
         assert int(bright.sum()) == counts[t]["after_stage2"]
