@@ -66,7 +66,8 @@ KEPT = 2  # reached the last layer as itself (a merged token is named by its rep
 DIM = 0.3  # a dropped token's pixels are multiplied by this
 TINT = 0.5  # a merged token's pixels are mixed with its representative's colour by this much
 JSON_NAME = "explain.json"
-REFERENCE_METHOD_NAMES = ("random", "uniform_frames", "evs", "fastv")  # prunevid.reference_methods.METHODS
+# prunevid.reference_methods.METHODS, restated: that module imports torch (tests check they agree).
+REFERENCE_METHOD_NAMES = ("random", "uniform_frames", "evs", "fastv")
 
 
 # --------------------------------------------------------------------------------------------------------

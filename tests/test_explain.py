@@ -145,6 +145,12 @@ def test_video_token_runs_one_per_video_or_one_per_frame_group() -> None:
         )
 
 
+def test_restated_reference_methods_agree() -> None:
+    from prunevid import cli, reference_methods
+
+    assert explain_module.REFERENCE_METHOD_NAMES == reference_methods.METHODS == cli.REFERENCE_METHODS
+
+
 def test_an_unknown_model_family_names_the_supported_ones() -> None:
     class Config:
         model_type = "llava"
