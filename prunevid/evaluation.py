@@ -44,7 +44,7 @@ from prunevid.config import PRESETS, PruneVidConfig
 from prunevid.pipeline import DEFAULT_MAX_PIXELS, Answer, _FirstTokenClock, _synchronize, ask
 from prunevid.prompt import build_inputs
 from prunevid.qwen2_5_vl import attach, pruner_of
-from prunevid.video import VideoClip, load_video
+from prunevid.video import FrameSamplingWarning, VideoClip, load_video
 
 __all__ = [
     "ANSWER_INSTRUCTION",
@@ -189,15 +189,18 @@ def load_sample_clip(
         FileNotFoundError / ValueError: as :func:`~prunevid.video.load_video`, e.g. fewer than 2 frames
             inside the window.
     """
-    return load_video(
-        sample.video,
-        fps=fps,
-        num_frames=num_frames,
-        max_pixels=max_pixels,
-        start=sample.start,
-        end=sample.end,
-        frame_rate=sample.frame_rate,
-    )
+    with warnings.catch_warnings():
+        # Not one warning per video: each row records its frame count, and the summary what was used.
+        warnings.simplefilter("ignore", FrameSamplingWarning)
+        return load_video(
+            sample.video,
+            fps=fps,
+            num_frames=num_frames,
+            max_pixels=max_pixels,
+            start=sample.start,
+            end=sample.end,
+            frame_rate=sample.frame_rate,
+        )
 
 
 # ------------------------------------------------------------------------------------------------------
