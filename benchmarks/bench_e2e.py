@@ -3,12 +3,15 @@
     python benchmarks/bench_e2e.py --model 7b --frames 16,32,64,128 --out results.json
     python benchmarks/bench_e2e.py --model 3b --out results_3b.json
     python benchmarks/bench_e2e.py --tiny --out /tmp/smoke.json        # CPU smoke test, seconds
+    python benchmarks/bench_e2e.py --family qwen3_vl --frames 32,128   # Qwen3-VL-8B (qwen2_vl: Qwen2-VL-7B)
 
 Model. The real Qwen2.5-VL-7B (or ``--model 3b``) *architecture*, built with random weights directly on the
 GPU in bf16 with SDPA attention (compute cost does not depend on weight values; the first warm-up checks
 that vision features, LLM hidden states and logits stay finite). Sizes are those of the published
 ``config.json`` of ``Qwen/Qwen2.5-VL-7B-Instruct`` / ``-3B-Instruct`` (see :data:`PUBLISHED_CONFIGS`).
-``--model-path DIR`` loads a real local checkpoint and its processor instead.
+``--family qwen3_vl`` builds the Qwen3-VL-8B architecture and ``--family qwen2_vl`` the Qwen2-VL-7B one
+instead (:data:`FAMILY_MODELS`; with the tiny local processor of that family). ``--model-path DIR`` loads a
+real local checkpoint and its processor instead.
 
 Processor. No hub access: the tiny local processor of :func:`prunevid.tiny.build_tiny_checkpoint` (real
 Qwen2VL image/video processors, patch 14, merge 2, temporal patch 2, max_pixels 448*448; a small BPE
@@ -99,7 +102,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `import prunevid` from a checkout, without installing the package
 
 import transformers  # noqa: E402
-from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 import prunevid  # noqa: E402
@@ -195,6 +198,164 @@ PUBLISHED_SOURCE = {
 # Published parameter counts, to check the built architecture against.
 PUBLISHED_PARAMETERS = {"7b": 8_292_166_656, "3b": 3_754_622_976}
 
+
+# ------------------------------------------------------------------------------------------------ families
+# --family: the published architecture of each other supported family, next to Qwen2.5-VL's (random weights,
+# the tiny local processor of that family). Sizes from the published config.json files, checked against
+# transformers' config classes; the models built from them have exactly the hub's safetensors parameter
+# totals (FAMILY parameters below, checked by tests/test_bench_families.py on the meta device).
+def _qwen2_vl_7b_config() -> dict[str, Any]:
+    """Qwen/Qwen2-VL-7B-Instruct: the Qwen2.5-VL-7B language model; vision depth 32, embed_dim 1280, 16 heads,
+    mlp_ratio 4, no windows, merger to 3584."""
+    config = _published_config(3584, 28, 28, 4, 18944, 152064, 28, False)
+    config.update(
+        {
+            "architectures": ["Qwen2VLForConditionalGeneration"],
+            "model_type": "qwen2_vl",
+            "max_position_embeddings": 32768,
+            "vision_config": {
+                "depth": 32,
+                "embed_dim": 1280,
+                "hidden_act": "quick_gelu",
+                "hidden_size": 3584,
+                "in_chans": 3,
+                "mlp_ratio": 4,
+                "num_heads": 16,
+                "patch_size": 14,
+                "spatial_merge_size": 2,
+                "spatial_patch_size": 14,
+                "temporal_patch_size": 2,
+            },
+        }
+    )
+    return config
+
+
+def _qwen3_vl_8b_config() -> dict[str, Any]:
+    """Qwen/Qwen3-VL-8B-Instruct (4.57 layout): text 36 layers, hidden 4096, 32 heads of 128, 8 KV heads,
+    intermediate 12288, interleaved mrope [24, 20, 20], theta 5e6; vision depth 27, hidden 1152, 16 heads,
+    intermediate 4304, patch 16, 48x48 position grid, DeepStack after blocks 8, 16, 24."""
+    return {
+        "architectures": ["Qwen3VLForConditionalGeneration"],
+        "model_type": "qwen3_vl",
+        "tie_word_embeddings": False,
+        "image_token_id": 151655,
+        "video_token_id": 151656,
+        "vision_start_token_id": 151652,
+        "vision_end_token_id": 151653,
+        "text_config": {
+            "model_type": "qwen3_vl_text",
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "bos_token_id": 151643,
+            "eos_token_id": 151645,
+            "head_dim": 128,
+            "hidden_act": "silu",
+            "hidden_size": 4096,
+            "initializer_range": 0.02,
+            "intermediate_size": 12288,
+            "max_position_embeddings": 262144,
+            "num_attention_heads": 32,
+            "num_hidden_layers": 36,
+            "num_key_value_heads": 8,
+            "rms_norm_eps": 1e-06,
+            "rope_scaling": {
+                "mrope_interleaved": True,
+                "mrope_section": [24, 20, 20],
+                "rope_type": "default",
+            },
+            "rope_theta": 5000000.0,
+            "tie_word_embeddings": False,
+            "use_cache": True,
+            "vocab_size": 151936,
+        },
+        "vision_config": {
+            "model_type": "qwen3_vl",
+            "deepstack_visual_indexes": [8, 16, 24],
+            "depth": 27,
+            "hidden_act": "gelu_pytorch_tanh",
+            "hidden_size": 1152,
+            "in_channels": 3,
+            "initializer_range": 0.02,
+            "intermediate_size": 4304,
+            "num_heads": 16,
+            "num_position_embeddings": 2304,
+            "out_hidden_size": 4096,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+    }
+
+
+# family -> the --model key of its published architecture (Qwen2.5-VL: --model 7b or 3b).
+FAMILY_MODELS = {"qwen2_5_vl": "7b", "qwen2_vl": "qwen2-vl-7b", "qwen3_vl": "qwen3-vl-8b"}
+PUBLISHED_CONFIGS.update({"qwen2-vl-7b": _qwen2_vl_7b_config(), "qwen3-vl-8b": _qwen3_vl_8b_config()})
+PUBLISHED_SOURCE.update(
+    {
+        "qwen2-vl-7b": "config.json of Qwen/Qwen2-VL-7B-Instruct (Hugging Face hub), written out by hand",
+        "qwen3-vl-8b": "config.json of Qwen/Qwen3-VL-8B-Instruct (Hugging Face hub), written out by hand",
+    }
+)
+# The hub's safetensors totals of the two checkpoints.
+PUBLISHED_PARAMETERS.update({"qwen2-vl-7b": 8_291_375_616, "qwen3-vl-8b": 8_767_123_696})
+# Pixels per LLM token side: --size must be a multiple of it.
+FAMILY_TOKEN_PIXELS = {"qwen2_5_vl": 28, "qwen2_vl": 28, "qwen3_vl": 32}
+
+
+def family_model_key(family: str, model: str) -> str:
+    """The ``PUBLISHED_CONFIGS`` key to build for ``--family`` and ``--model`` (Qwen2.5-VL: 7b or 3b)."""
+    if family == "qwen2_5_vl":
+        if model not in ("7b", "3b"):
+            raise ValueError(f"--model {model} is not a Qwen2.5-VL size: use 7b or 3b, or --family")
+        return model
+    if model not in ("7b", FAMILY_MODELS[family]):
+        raise ValueError(
+            f"--family {family} builds {FAMILY_MODELS[family]}; --model {model} is another family"
+        )
+    return FAMILY_MODELS[family]
+
+
+def architecture_name(model_key: str) -> str:
+    """Report name of a published architecture: ``qwen2.5-vl-7b``, ``qwen2-vl-7b``, ``qwen3-vl-8b``."""
+    return f"qwen2.5-vl-{model_key}" if model_key in ("7b", "3b") else model_key
+
+
+def with_token_ids(config_dict: dict[str, Any], token_ids: dict[str, int]) -> dict[str, Any]:
+    """``config_dict`` with the tokenizer's special token ids (also in ``text_config`` when nested)."""
+    config = {**json.loads(json.dumps(config_dict)), **token_ids}
+    if "text_config" in config:
+        text_ids = ("bos_token_id", "eos_token_id", "pad_token_id")
+        config["text_config"].update({name: token_ids[name] for name in text_ids if name in token_ids})
+    return config
+
+
+def _model_classes(config_dict: dict[str, Any]) -> tuple[type, type]:
+    """``(config class, model class)`` of ``config_dict["model_type"]`` (default Qwen2.5-VL)."""
+    from prunevid.pipeline import MODEL_CLASSES
+
+    model_type = config_dict.get("model_type", "qwen2_5_vl")
+    model_class = getattr(transformers, MODEL_CLASSES[model_type])
+    return model_class.config_class, model_class
+
+
+def processor_note_of(family: str) -> str:
+    """What the benchmark's tiny local processor of ``family`` is."""
+    if family == "qwen3_vl":
+        processors = (
+            "Qwen3VLProcessor: Qwen2VLImageProcessor and Qwen3VLVideoProcessor, patch 16, merge 2, "
+            "temporal patch 2, a total pixel budget of 768 frames of 448*448 (frames are not resized), "
+            "timestamps from the clip's metadata"
+        )
+    else:
+        processors = "Qwen2VL image/video processors: patch 14, merge 2, temporal patch 2, max_pixels 448*448"
+    return (
+        f"tiny local processor from prunevid.tiny.build_tiny_checkpoint(family={family!r}) ({processors}; "
+        "small BPE tokenizer with Qwen's special tokens); the model config's special token ids are set to "
+        "that tokenizer's ids"
+    )
+
+
 # Special tokens whose ids the model config must share with the processor's tokenizer.
 _TOKEN_FIELDS = {
     "bos_token_id": "<|endoftext|>",
@@ -226,12 +387,11 @@ def build_random_model(
     The weights are allocated and initialised where they live (no CPU copy, no checkpoint) with the model's
     own initialiser (normal, std ``initializer_range``), in ``dtype``, SDPA attention, eval mode.
     """
-    config = Qwen2_5_VLConfig.from_dict(json.loads(json.dumps(config_dict)))  # deep copy: from_dict mutates
+    config_class, model_class = _model_classes(config_dict)  # Qwen2.5-VL, Qwen2-VL or Qwen3-VL
+    config = config_class.from_dict(json.loads(json.dumps(config_dict)))  # deep copy: from_dict mutates
     torch.manual_seed(seed)
     with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(
-            config, dtype=dtype, attn_implementation="sdpa"
-        )
+        model = model_class._from_config(config, dtype=dtype, attn_implementation="sdpa")
     # A no-op for what the device context placed; catches any buffer a version builds on the CPU regardless.
     return model.to(device).eval()
 
@@ -243,7 +403,8 @@ def load_real_model(
 
     No ``device_map``: transformers needs ``accelerate`` for it, which the GPU machine does not have.
     """
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    _, model_class = _model_classes(transformers.AutoConfig.from_pretrained(path).to_dict())  # any family
+    model = model_class.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
     return model.to(device).eval()
 
 
@@ -555,8 +716,7 @@ def prepare_shape(bench: Bench, frames: int) -> Shape:
     inputs = inputs.to(bench.device)
     ids = inputs["input_ids"][0]
     where = torch.nonzero(ids == bench.token_ids["video_token_id"]).flatten().tolist()
-    if not where or where[-1] - where[0] + 1 != len(where):
-        raise RuntimeError("expected one contiguous video span in the prompt")
+    _check_video_runs(bench, inputs, where)
     return Shape(
         frames=frames,
         inputs=inputs,
@@ -569,6 +729,19 @@ def prepare_shape(bench: Bench, frames: int) -> Shape:
     )
 
 
+def _check_video_runs(bench: Bench, inputs: Any, where: list[int]) -> None:
+    """One contiguous video span (Qwen2/2.5-VL), or t runs of h*w/4 tokens between timestamps (Qwen3-VL)."""
+    from prunevid.prompt import processor_family
+
+    t, h, w = (int(v) for v in inputs["video_grid_thw"][0].tolist())
+    runs = 1 + sum(1 for a, b in zip(where[:-1], where[1:], strict=True) if b != a + 1) if where else 0
+    expected = t if processor_family(bench.processor) == "qwen3_vl" else 1
+    if runs != expected or len(where) != t * h * w // 4:
+        raise RuntimeError(
+            f"expected {expected} run(s) of video tokens ({t * h * w // 4} in all), got {runs}"
+        )
+
+
 def set_limit_inputs(bench: Bench, shape: Shape, kept_video_tokens: int) -> None:
     """The limit row's prompt: the video span replaced by ``kept_video_tokens`` ordinary text tokens.
 
@@ -576,7 +749,12 @@ def set_limit_inputs(bench: Bench, shape: Shape, kept_video_tokens: int) -> None
     """
     ids = shape.inputs["input_ids"][0]
     start, end = shape.video_span
-    filler = torch.full((kept_video_tokens,), bench.filler_id, dtype=ids.dtype, device=ids.device)
+    text_inside = (
+        end - start
+    ) - shape.video_tokens  # Qwen3-VL's timestamps and frame wrappers, kept by pruning
+    filler = torch.full(
+        (kept_video_tokens + text_inside,), bench.filler_id, dtype=ids.dtype, device=ids.device
+    )
     limit_ids = torch.cat([ids[:start], filler, ids[end:]])[None]
     shape.limit_inputs = {"input_ids": limit_ids, "attention_mask": torch.ones_like(limit_ids)}
     shape.limit_video_tokens = kept_video_tokens
@@ -999,7 +1177,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--model", choices=sorted(PUBLISHED_CONFIGS), default="7b", help="architecture to build"
     )
     parser.add_argument(
-        "--model-path", help="a local Qwen2.5-VL checkpoint to load instead of random weights"
+        "--model-path", help="a local checkpoint (any supported family) to load instead of random weights"
+    )
+    parser.add_argument(
+        "--family",
+        choices=sorted(FAMILY_MODELS),
+        default="qwen2_5_vl",
+        help="model family: qwen2_5_vl (--model 7b or 3b), qwen2_vl (Qwen2-VL-7B), qwen3_vl (Qwen3-VL-8B)",
     )
     parser.add_argument(
         "--tiny", action="store_true", help="smoke test: the tiny checkpoint, small clips, 1 repeat"
@@ -1039,7 +1223,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     tiny = args.tiny
     defaults = {
         "frames": "8,16" if tiny else "16,32,64,128",
-        "size": 112 if tiny else 448,
+        "size": (4 * FAMILY_TOKEN_PIXELS[args.family] if tiny else 448),
         "repeats": 1 if tiny else 5,
         "decode_repeats": 1 if tiny else 2,
         "new_tokens": 4 if tiny else 64,
@@ -1052,8 +1236,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     if any(f < 2 or f % 2 for f in args.frames):
         parser.error("--frames must be even numbers >= 2 (Qwen2.5-VL pairs frames)")
-    if args.size % 28:
-        parser.error("--size must be a multiple of 28 (14-pixel patches merged 2x2)")
+    unit = FAMILY_TOKEN_PIXELS[args.family]
+    if args.size % unit:
+        parser.error(f"--size must be a multiple of {unit} (patches of {unit // 2} pixels merged 2x2)")
+    try:
+        args.model = family_model_key(args.family, args.model)
+    except ValueError as error:
+        parser.error(str(error))
     if args.repeats < 0 or args.decode_repeats < 0 or args.warmup < 1 or args.new_tokens < 1:
         parser.error(
             "need --warmup >= 1 (discarded runs first), --repeats/--decode-repeats >= 0, --new-tokens >= 1"
@@ -1079,7 +1268,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     name = (
         "tiny"
         if args.tiny
-        else (Path(args.model_path).name if args.model_path else f"qwen2.5-vl-{args.model}")
+        else (Path(args.model_path).name if args.model_path else architecture_name(args.model))
     )
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = args.out or ROOT / "benchmarks" / "results" / f"e2e_{_slug(name)}_{_slug(env['card'])}_{date}.json"
@@ -1093,22 +1282,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             source = f"checkpoint {args.model_path}"
             processor_note = "the checkpoint's own processor"
         else:
-            checkpoint = build_tiny_checkpoint(Path(tmp) / "tiny-qwen2_5_vl")
+            checkpoint = build_tiny_checkpoint(Path(tmp) / f"tiny-{args.family}", family=args.family)
             processor = AutoProcessor.from_pretrained(checkpoint)
             token_ids = special_token_ids(processor.tokenizer)
             if args.tiny:
                 config_dict = json.loads((checkpoint / "config.json").read_text())
                 source = "random weights, architecture of the tiny test checkpoint (prunevid.tiny)"
             else:
-                config_dict = {**PUBLISHED_CONFIGS[args.model], **token_ids}
+                config_dict = with_token_ids(PUBLISHED_CONFIGS[args.model], token_ids)
                 source = f"random weights, architecture from {PUBLISHED_SOURCE[args.model]}"
             model = build_random_model(config_dict, device, dtype, args.seed)
-            processor_note = (
-                "tiny local processor from prunevid.tiny.build_tiny_checkpoint (Qwen2VL image/video "
-                "processors: patch 14, merge 2, temporal patch 2, max_pixels 448*448; small BPE tokenizer "
-                "with Qwen's special tokens); the model config's special token ids are set to that "
-                "tokenizer's ids"
-            )
+            processor_note = processor_note_of(args.family)
         _synchronize(device)
         build_s = time.perf_counter() - built
         _check_token_ids(model, token_ids)

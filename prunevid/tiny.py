@@ -220,9 +220,10 @@ FAMILIES: dict[str, tuple[str, str, dict, dict]] = {
 # Decoder layers of each family's tiny checkpoint by default.
 DEFAULT_NUM_LAYERS = {"qwen2_5_vl": 4, "qwen2_vl": 4, "qwen3_vl": 6, "qwen3_vl_moe": 6}
 # Qwen3-VL's video processor budgets the pixels of all frames together (t * h * w, sides multiples of 32):
-# clips of 4..64 frames with sides 32..256 that are multiples of 32 are not resized.
-_QWEN3_VIDEO_MIN_PIXELS = 4 * 32 * 32
-_QWEN3_VIDEO_MAX_PIXELS = 64 * 256 * 256
+# clips of up to 768 frames with sides of 32..448 pixels that are multiples of 32 are not resized (as the
+# Qwen2/2.5-VL processors leave frames of up to 448 x 448 alone), so benchmarks see full-size frames.
+_QWEN3_VIDEO_MIN_PIXELS = 2 * 32 * 32
+_QWEN3_VIDEO_MAX_PIXELS = 768 * 448 * 448
 _QWEN3_MEAN_STD = [0.5, 0.5, 0.5]
 
 
@@ -808,8 +809,8 @@ def write_model_files(
     Processors: Qwen2.5-VL / Qwen2-VL: patch 14, merge 2, temporal patch 2, CLIP mean/std, frames of
     56..448 pixels a side that are multiples of 28 are not resized, no frame sampling. Qwen3-VL(-MoE): images
     through ``Qwen2VLImageProcessor`` with patch 16, videos through ``Qwen3VLVideoProcessor`` (patch 16,
-    merge 2, temporal patch 2, mean/std 0.5, samples 2 fps unless ``do_sample_frames=False``); clips of 4..64
-    frames with sides of 32..256 pixels that are multiples of 32 are not resized.
+    merge 2, temporal patch 2, mean/std 0.5, samples 2 fps unless ``do_sample_frames=False``); clips of up to
+    768 frames with sides of 32..448 pixels that are multiples of 32 are not resized.
 
     Args:
         text: language-model sizes, keys as the family's (:func:`family_sizes`); None: the family's.
