@@ -106,6 +106,7 @@ from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration  # no
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 import prunevid  # noqa: E402
+from prunevid import fast_decode  # noqa: E402
 from prunevid.config import PRESETS, PruneVidConfig  # noqa: E402
 from prunevid.prompt import build_inputs  # noqa: E402
 from prunevid.qwen2_5_vl import attach, pruner_of  # noqa: E402
@@ -685,6 +686,7 @@ class Bench:
     size: int
     seed: int
     question: str
+    answer_batch: int = 0
     probe: Probe = field(init=False)
 
     def __post_init__(self) -> None:
@@ -968,6 +970,200 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+# ------------------------------------------------------------------------------------------------ answers
+@dataclass(frozen=True)
+class AnswerRow:
+    """One way to answer: stock or a preset, with the eager decode or fast decode (``+fd``; ``+fdc``: fast
+    decode with ``compile_step=True``)."""
+
+    name: str
+    base: str  # "stock" or a preset name
+    fast_decode: bool = False
+    compile_step: bool = False
+
+    @property
+    def config(self) -> PruneVidConfig | None:
+        return None if self.base == STOCK_ROW else PRESETS[self.base]
+
+
+def answer_rows(bases: Sequence[str], compiled: Sequence[str]) -> list[AnswerRow]:
+    """Each base with and without fast decode (and with a compiled step for the bases in ``compiled``)."""
+    unknown = sorted(set(bases) - {STOCK_ROW, *PRESETS})
+    if unknown:
+        raise ValueError(f"unknown answer rows {unknown}: choose from stock, {', '.join(PRESETS)}")
+    rows = []
+    for base in bases:
+        rows += [AnswerRow(base, base), AnswerRow(f"{base}+fd", base, True)]
+        if base in compiled:
+            rows.append(AnswerRow(f"{base}+fdc", base, True, True))
+    return rows
+
+
+def measure_answer(bench: Bench, inputs: Any, row: AnswerRow, new_tokens: int) -> dict[str, Any]:
+    """One whole answer of ``new_tokens`` forced tokens: wall time, first token, decode rate, memory."""
+    model, device = bench.model, bench.device
+    prompt = int(inputs["input_ids"].shape[1])
+    batch = int(inputs["input_ids"].shape[0])
+    _synchronize(device)
+    memory_before = None
+    if bench.cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        memory_before = torch.cuda.memory_allocated(device)
+    clock = TokenClock(device)
+    kwargs = dict(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=bench.token_ids["eos_token_id"],
+        pad_token_id=bench.token_ids["pad_token_id"],
+        streamer=clock,
+        return_dict_in_generate=True,
+    )
+    pruner = attach(model, row.config) if row.config is not None else None
+    try:
+        started = _synchronize(device)
+        with torch.inference_mode():
+            if row.fast_decode:
+                out = fast_decode.generate(model, **inputs, **kwargs, compile_step=row.compile_step)
+            else:
+                out = model.generate(**inputs, **kwargs)
+        finished = _synchronize(device)
+        stats = pruner.last_stats if pruner is not None else None
+    finally:
+        if pruner is not None:
+            pruner.detach()
+    peak = torch.cuda.max_memory_allocated(device) if bench.cuda else None
+    generated = int(out.sequences.shape[1]) - prompt
+    result: dict[str, Any] = {
+        "answer_ms": (finished - started) * 1e3,
+        "peak_memory_bytes": peak,
+        "memory_before_bytes": memory_before,
+        "generated_tokens": generated,
+        "batch": batch,
+        "kept_video_tokens": None if stats is None else stats.video_tokens_after_stage2,
+    }
+    times = clock.times
+    if times:
+        result["ttft_ms"] = (times[0] - started) * 1e3
+    if len(times) > 1:
+        result["decode_ms_per_token"] = (times[-1] - times[0]) * 1e3 / (len(times) - 1)
+        result["decode_tokens_per_s"] = batch * (len(times) - 1) / (times[-1] - times[0])
+    result["answer_tokens_per_s"] = batch * generated / (finished - started)
+    if row.fast_decode:
+        decoded = fast_decode.last_stats(model)
+        result.update(
+            cache_bytes=decoded.cache_bytes,
+            cache_rows=decoded.cache_rows,
+            prefill_rows=decoded.prefill_rows,
+            captured=decoded.captured,
+            capture_s=decoded.capture_s,
+        )
+    else:
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        result["cache_bytes"], lengths = cache_size(cache)
+        result["cache_rows"] = max(lengths) if lengths else None
+    del out
+    return result
+
+
+_ANSWER_SERIES = (
+    "answer_ms",
+    "ttft_ms",
+    "decode_ms_per_token",
+    "decode_tokens_per_s",
+    "answer_tokens_per_s",
+    "peak_memory_bytes",
+    "cache_bytes",
+    "cache_rows",
+    "capture_s",
+)
+
+
+def run_answers(
+    bench: Bench,
+    shape: Shape,
+    args: argparse.Namespace,
+    budget: Budget,
+    batch_inputs: Any | None,
+    save: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Whole-answer latency of every answer row at every ``--answer-tokens`` count (rows interleaved).
+
+    A warm-up run of each (row, tokens) comes first: for fast decode it builds the static buffers of that
+    length bucket and captures the graph, which is recorded as ``first_call`` (capture cost); the timed runs
+    then reuse them, as a later question of a similar length does.
+    """
+    rows = answer_rows(args.answer_rows, args.answer_compile_rows)
+    tag = f"[{shape.frames:>3}f]"
+    entry: dict[str, Any] = {"tokens": args.answer_tokens, "rows": {}, "skipped": []}
+    for row in rows:
+        entry["rows"][row.name] = {
+            "base": row.base,
+            "fast_decode": row.fast_decode,
+            "compile_step": row.compile_step,
+            "first_call": {},
+            "raw": {str(n): {k: [] for k in _ANSWER_SERIES} for n in args.answer_tokens},
+        }
+    cases = [(n, shape.inputs, "rows") for n in args.answer_tokens]
+    if batch_inputs is not None:
+        n = args.answer_tokens[0]
+        entry["batch"] = {"size": int(batch_inputs["input_ids"].shape[0]), "tokens": n, "rows": {}}
+        for row in rows:
+            entry["batch"]["rows"][row.name] = {
+                "base": row.base,
+                "fast_decode": row.fast_decode,
+                "compile_step": row.compile_step,
+                "first_call": {},
+                "raw": {str(n): {k: [] for k in _ANSWER_SERIES}},
+            }
+        cases.append((n, batch_inputs, "batch"))
+    for n, inputs, where in cases:  # warm-up and capture, per length bucket
+        for row in rows:
+            if not row.fast_decode and where == "rows" and n != args.answer_tokens[0]:
+                continue  # the eager decode has nothing to build per length
+            result = measure_answer(bench, inputs, row, n if row.fast_decode else 2)
+            target = entry["rows"] if where == "rows" else entry["batch"]["rows"]
+            target[row.name]["first_call"][str(n)] = {
+                k: result.get(k) for k in ("answer_ms", "captured", "capture_s", "cache_bytes")
+            }
+        print(f"{tag} answers: warm-up {where} {n} tokens done ({budget.left():.0f} s left)", flush=True)
+    for r in range(args.answer_repeats):
+        for n, inputs, where in cases:
+            if where == "batch" and r > 0:
+                continue  # one timed batch run
+            estimate = sum(
+                (n * 0.03 + 2.0) * (8 if where == "batch" else 1) for _ in rows
+            )  # generous: 30 ms/token eager
+            if not budget.allows(estimate):
+                entry["skipped"].append(f"repeat {r + 1} of {where} {n} tokens (time budget)")
+                continue
+            line = []
+            for row in rows:
+                result = measure_answer(bench, inputs, row, n)
+                target = entry["rows"] if where == "rows" else entry["batch"]["rows"]
+                raw = target[row.name]["raw"][str(n)]
+                for key in _ANSWER_SERIES:
+                    raw[key].append(result.get(key))
+                line.append(f"{row.name} {result['answer_ms']:.0f}")
+            save()
+            print(f"{tag} answer ms, {where} {n} tokens, repeat {r + 1}: {', '.join(line)}", flush=True)
+    for group in [entry["rows"]] + ([entry["batch"]["rows"]] if "batch" in entry else []):
+        for row_entry in group.values():
+            row_entry["summary"] = {
+                n: {key: _summary(values) for key, values in series.items()}
+                for n, series in row_entry["raw"].items()
+            }
+    fast_decode.release(bench.model)
+    return entry
+
+
+def make_batch_inputs(bench: Bench, frames: int, size: int) -> Any:
+    """``--answer-batch`` clips of ``frames`` frames with different seeds (so different kept lengths), one
+    question each, left padded, on the device."""
+    clips = [make_benchmark_clip(frames, size, bench.seed + 1 + i) for i in range(bench.answer_batch)]
+    return build_inputs(bench.processor, clips, [bench.question] * len(clips)).to(bench.device)
+
+
 def run_shape(
     bench: Bench,
     shape: Shape,
@@ -1070,6 +1266,12 @@ def run_shape(
         save(entry)
         print(f"{tag} decode ms/token, repeat {r + 1} ({estimate:.1f} s): {', '.join(line)}", flush=True)
 
+    if args.answer_tokens:
+        batch_inputs = None
+        if args.answer_batch and shape.frames == args.frames[0]:
+            batch_inputs = make_batch_inputs(bench, shape.frames, bench.size)
+        entry["answer"] = run_answers(bench, shape, args, budget, batch_inputs, lambda: save(entry))
+        del batch_inputs
     entry["elapsed_s"] = time.perf_counter() - started
     entry["in_progress"] = False
     finalize_shape(entry)
@@ -1216,6 +1418,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the clips")
     parser.add_argument(
+        "--answer-tokens",
+        default="",
+        help="whole-answer rows: comma-separated new-token counts (e.g. 64,256)",
+    )
+    parser.add_argument(
+        "--answer-rows",
+        default="stock,fast,paper",
+        help="bases of the answer rows (each with and without +fd)",
+    )
+    parser.add_argument(
+        "--answer-compile-rows", default="", help="bases also answered with fast decode + compile_step (+fdc)"
+    )
+    parser.add_argument("--answer-repeats", type=int, default=2, help="timed repeats of the answer rows")
+    parser.add_argument(
+        "--answer-batch", type=int, default=0, help="also answer a batch of N clips at the first frame count"
+    )
+    parser.add_argument(
         "--out", type=Path, help="JSON path (default benchmarks/results/e2e_<model>_<card>_<date>.json)"
     )
     args = parser.parse_args(argv)
@@ -1234,6 +1453,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     args.frames = [int(f) for f in str(args.frames).split(",") if f.strip()]
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    args.answer_tokens = [int(n) for n in str(args.answer_tokens).split(",") if n.strip()]
+    args.answer_rows = [r.strip() for r in args.answer_rows.split(",") if r.strip()]
+    args.answer_compile_rows = [r.strip() for r in args.answer_compile_rows.split(",") if r.strip()]
+    if any(n < 2 for n in args.answer_tokens):
+        parser.error("--answer-tokens must be >= 2 (a decode rate needs two tokens)")
     if any(f < 2 or f % 2 for f in args.frames):
         parser.error("--frames must be even numbers >= 2 (Qwen2.5-VL pairs frames)")
     unit = FAMILY_TOKEN_PIXELS[args.family]
@@ -1264,6 +1488,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     )
     budget = Budget(args.time_budget)
     rows = make_rows(args.rows)
+    if args.answer_tokens:
+        # Every (row, length bucket) keeps its static buffers for the whole frame count, so timed answers
+        # reuse them (run_answers releases them after each frame count).
+        fast_decode.MAX_ENGINES_PER_MODEL = 32
     env = environment(device)
     name = (
         "tiny"
@@ -1310,6 +1538,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             size=args.size,
             seed=args.seed,
             question=QUESTION,
+            answer_batch=args.answer_batch,
         )
         parameters = sum(p.numel() for p in model.parameters())  # shared (tied) tensors count once
         expected = None if (args.tiny or args.model_path) else PUBLISHED_PARAMETERS[args.model]
@@ -1352,6 +1581,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "clip": f"prunevid.synthetic.make_clip(T, {args.size}, {args.size}, seed={args.seed}, "
                 f"num_objects={NUM_OBJECTS}, scene_cut_at=T//2) at {SOURCE_FPS} fps",
                 "limit_preset": args.limit_preset,
+                "answer_tokens": args.answer_tokens,
+                "answer_rows": [row.name for row in answer_rows(args.answer_rows, args.answer_compile_rows)]
+                if args.answer_tokens
+                else [],
+                "answer_repeats": args.answer_repeats,
+                "answer_batch": args.answer_batch,
+                "fast_decode_bucket_rows": fast_decode.BUCKET_ROWS,
             },
             "method": {
                 "ttft": "host clock, synchronised, from generate() call (processor outputs already on the "
@@ -1375,6 +1611,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "run (weights included)",
                 "kv_cache_bytes": "keys+values of the cache generate() returns after a 1-token run (prefill "
                 "only)",
+                "answer": "whole generate() call with N forced new tokens (min_new_tokens), "
+                "synchronised host clock; ttft and decode ms/token from a streamer that synchronises per "
+                "token; '+fd' rows call prunevid.fast_decode.generate (static buffers, CUDA graph), '+fdc' "
+                "with compile_step=True; a warm-up call per (row, length bucket) first builds buffers and "
+                "captures the graph (first_call.capture_s), timed calls reuse them; cache_bytes: static "
+                "buffers (fd) or the dynamic cache returned after the answer (eager); batch rows: "
+                "--answer-batch clips of different seeds, left padded",
             },
             "results": [],
         }

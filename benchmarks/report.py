@@ -269,6 +269,225 @@ def targets(result: dict[str, Any], decode_tolerance: float, memory_tolerance: f
     ]
 
 
+# ------------------------------------------------------------------------------------------------ answers
+DECODE_TARGET_MS = 7.0
+ANSWER_SPEEDUP_TARGET = 3.0
+FD = "+fd"
+
+
+def _answer_value(
+    row: dict[str, Any] | None, tokens: int | str, key: str, stat: str = "median"
+) -> float | None:
+    summary = (((row or {}).get("summary") or {}).get(str(tokens)) or {}).get(key)
+    return None if summary is None else summary[stat]
+
+
+def answer_decode_ms(row: dict[str, Any] | None, counts: Sequence[int]) -> float | None:
+    """ms per decoded token from whole answers: (answer(N_max) - answer(N_min)) / (N_max - N_min), medians.
+    Prefill and per-call set-up cancel; every per-step cost (forward, sampling, streamer) stays in."""
+    if len(counts) < 2:
+        return None
+    low, high = min(counts), max(counts)
+    a, b = _answer_value(row, low, "answer_ms"), _answer_value(row, high, "answer_ms")
+    return None if a is None or b is None else (b - a) / (high - low)
+
+
+def _capture(row: dict[str, Any], tokens: int | str) -> str:
+    first = (row.get("first_call") or {}).get(str(tokens)) or {}
+    if not row.get("fast_decode"):
+        return "–"
+    if first.get("captured"):
+        return f"{fmt(first.get('capture_s'), 2)} s"
+    return "reused"
+
+
+def answer_tables(result: dict[str, Any]) -> list[str]:
+    """Whole-answer tables (batch 1 and batch N) of every frame count that has answer rows."""
+    out: list[str] = []
+    for shape in sorted(result["results"], key=lambda s: s["frames"]):
+        answer = shape.get("answer")
+        if not answer:
+            continue
+        counts = answer["tokens"]
+        rows = answer["rows"]
+        out += [
+            "",
+            f"#### {shape['frames']} frames, batch 1"
+            + (f" (skipped: {'; '.join(answer['skipped'])})" if answer.get("skipped") else ""),
+            "",
+            "| row | new tokens | answer ms (min) | vs stock (fastest repeats) | TTFT ms "
+            "| decode ms/tok (streamer) | decode ms/tok (from answers) | peak GiB | cache MiB "
+            "| graph capture (first call) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        stock = rows.get(STOCK)
+        for n in counts:
+            stock_min = _answer_value(stock, n, "answer_ms", "min")
+            for name, row in rows.items():
+                value = _answer_value(row, n, "answer_ms")
+                peak = _answer_value(row, n, "peak_memory_bytes")
+                cache = _answer_value(row, n, "cache_bytes")
+                out.append(
+                    "| "
+                    + " | ".join(
+                        [
+                            f"`{name}`",
+                            str(n),
+                            f"{fmt(value)} ({fmt(_answer_value(row, n, 'answer_ms', 'min'))})",
+                            fmt(ratio(stock_min, _answer_value(row, n, "answer_ms", "min")), 2, "x"),
+                            fmt(_answer_value(row, n, "ttft_ms")),
+                            fmt(_answer_value(row, n, "decode_ms_per_token"), 2),
+                            fmt(answer_decode_ms(row, counts), 2) if n == counts[0] else "",
+                            fmt(None if peak is None else peak / 2**30, 2),
+                            fmt(None if cache is None else cache / 2**20, 1),
+                            _capture(row, n),
+                        ]
+                    )
+                    + " |"
+                )
+        batch = answer.get("batch")
+        if batch:
+            n = batch["tokens"]
+            out += [
+                "",
+                f"#### {shape['frames']} frames, batch {batch['size']} (clips of different seeds: different "
+                f"kept lengths, left padding), {n} new tokens",
+                "",
+                "| row | answer ms | generated tokens/s (whole answer) | decode tokens/s (streamer) "
+                "| peak GiB | cache MiB | graph capture (first call) |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for name, row in batch["rows"].items():
+                peak = _answer_value(row, n, "peak_memory_bytes")
+                cache = _answer_value(row, n, "cache_bytes")
+                out.append(
+                    f"| `{name}` | {fmt(_answer_value(row, n, 'answer_ms'))} | "
+                    f"{fmt(_answer_value(row, n, 'answer_tokens_per_s'))} | "
+                    f"{fmt(_answer_value(row, n, 'decode_tokens_per_s'))} | "
+                    f"{fmt(None if peak is None else peak / 2**30, 2)} | "
+                    f"{fmt(None if cache is None else cache / 2**20, 1)} | {_capture(row, n)} |"
+                )
+    return out
+
+
+def answer_targets(result: dict[str, Any]) -> list[Target]:
+    """Issue 16's targets: paper+fd decode <= 7 ms/token; 64-token answer at 32 frames >= 3x stock's; the
+    fast decode's peak memory and cache no worse than the eager pruned decode's plus the new-token rows."""
+    decode, speed, memory = [], [], []
+    for shape in result["results"]:
+        answer = shape.get("answer")
+        if not answer:
+            continue
+        rows, counts = answer["rows"], answer["tokens"]
+        fast, eager = rows.get(PAPER + FD), rows.get(PAPER)
+        streamed = _answer_value(fast, counts[0], "decode_ms_per_token")
+        decode.append((shape["frames"], streamed if streamed is not None else answer_decode_ms(fast, counts)))
+        if 64 in counts and shape["frames"] == 32:
+            speed.append(
+                (
+                    shape["frames"],
+                    ratio(
+                        _answer_value(rows.get(STOCK), 64, "answer_ms", "min"),
+                        _answer_value(fast, 64, "answer_ms", "min"),
+                    ),
+                )
+            )
+        n = max(counts)
+        memory.append(
+            (
+                shape["frames"],
+                ratio(
+                    _answer_value(fast, n, "peak_memory_bytes"), _answer_value(eager, n, "peak_memory_bytes")
+                ),
+            )
+        )
+    return [
+        _check(
+            f"paper + fast decode: decode <= {DECODE_TARGET_MS} ms/token at batch 1",
+            decode,
+            lambda v: v <= DECODE_TARGET_MS,
+            lambda v: fmt(v, 2, " ms"),
+        ),
+        _check(
+            f"whole 64-token answer at 32 frames >= {ANSWER_SPEEDUP_TARGET}x faster than stock generate "
+            "(fastest repeats)",
+            speed,
+            lambda v: v >= ANSWER_SPEEDUP_TARGET,
+            lambda v: fmt(v, 2, "x"),
+        ),
+        _check(
+            "paper + fast decode peak memory no worse than the eager pruned decode (longest answer)",
+            memory,
+            lambda v: v <= 1.0,
+            lambda v: fmt(v, 3, "x"),
+        ),
+    ]
+
+
+def fast_decode_section(report: dict[str, Any], name: str, probe: dict[str, Any] | None) -> list[str]:
+    """Correctness, step cost (graph vs compile) and the per-step profile from bench_fast_decode.py."""
+    env = report["environment"]
+    out = [
+        f"## Fast decode: correctness and the decode step (`{name}`)",
+        "",
+        f"- {report['model']}, {report['dtype']}; torch {env['torch']}, transformers {env['transformers']}, "
+        f"{env.get('card')}, {report['date_utc']}; {report['settings']['frames']} frames (batch 1) and "
+        f"{report['settings']['padded_case_frames']} frames (batch 2, left padded), "
+        f"{report['settings']['check_tokens']} forced greedy tokens",
+        "- forced: every run takes the first eager run's token at each step (teacher forcing), so raw logits "
+        "compare step by step; free run: plain greedy. Random weights make near-ties common (see the top-2 "
+        "margin), so a free run can flip a token where the eager decode run twice does too.",
+        "",
+        "| row | case | max abs logit diff, eager vs eager | graph vs eager | static (no graph) vs eager | "
+        "argmax = eager token (graph) | free-run tokens equal: eager twice / graph | min top-2 margin |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in report.get("correctness", []):
+        worst = {m: max(entry[m]["forced_max_abs_logit_diff_per_step"]) for m in ("eager", "graph", "static")}
+        out.append(
+            f"| `{entry['row']}` | {entry['case']} | {fmt(worst['eager'], 3)} | {fmt(worst['graph'], 3)} | "
+            f"{fmt(worst['static'], 3)} | {percent(entry['graph']['forced_argmax_agreement'])} | "
+            f"{entry['eager']['free_run_tokens_equal']} / {entry['graph']['free_run_tokens_equal']} | "
+            f"{fmt(entry['reference_top2_margin_min'], 3)} |"
+        )
+    out += [
+        "",
+        "Decode step at batch 1 (ms, median of timed steps; the prefill of the row loaded into the buffers):",
+        "",
+        "| row | cache rows (prefill) | static step, eager | CUDA graph replay (capture s) | "
+        "inductor-compiled step in the graph (compile s) | torch.compile reduce-overhead (compile s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    out += [f"- note: {note}" for note in report.get("notes", [])]
+    out += [""] if report.get("notes") else []
+    reduce = {e["row"]: e for e in (probe or {}).get("step", [])}
+    for entry in report.get("step", []):
+        other = reduce.get(entry["row"], {})
+        out.append(
+            f"| `{entry['row']}` | {entry['cache_rows']} ({entry['prefill_rows']}) | "
+            f"{fmt(entry.get('static_eager_ms'), 2)} | {fmt(entry.get('graph_replay_ms'), 2)} "
+            f"({fmt(entry.get('graph_capture_s'), 2)}) | {fmt(entry.get('inductor_graph_replay_ms'), 2)} "
+            f"({fmt(entry.get('inductor_compile_s'), 1)}) | {fmt(other.get('compiled_ms'), 2)} "
+            f"({fmt(other.get('compile_first_call_s'), 1)}) |"
+        )
+    profile = report.get("profile") or {}
+    if "gpu_ms_per_step" in profile:
+        kinds = ", ".join(f"{k} {fmt(v, 2)} ms" for k, v in profile["gpu_ms_per_step_by_kind"].items())
+        out += [
+            "",
+            f"What one `paper` decode step costs (torch.profiler over eager static steps): "
+            f"{fmt(profile['kernels_per_step'], 0)} kernels, {fmt(profile['gpu_ms_per_step'], 2)} ms of GPU "
+            f"kernel time ({kinds}); the graph replays it in {fmt(profile.get('graph_replay_ms'), 2)} ms.",
+        ]
+    if probe is not None:
+        out += [
+            "",
+            f"(reduce-overhead numbers from `{probe.get('_file', 'probe')}`, an earlier run of the "
+            "same script on the same card.)",
+        ]
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ outputs
 def title(result: dict[str, Any]) -> str:
     return f"{result['model']['name']} on {result['environment']['card']}"
@@ -320,6 +539,7 @@ def markdown(
     all_targets: Sequence[list[Target]],
     png: Path | None,
     md_path: Path,
+    fast_decode: tuple[Path, dict[str, Any], dict[str, Any] | None] | None = None,
 ) -> str:
     """The whole report as markdown."""
     out = [
@@ -353,6 +573,7 @@ def markdown(
         ]
         if not result.get("complete", False):
             out.append(f"- **incomplete run** ({result.get('error', 'stopped early')})")
+        out += [f"- note: {note}" for note in result.get("notes", [])]
         skipped = [f"{s['frames']}f: {item}" for s in result["results"] for item in s.get("skipped", [])]
         skipped += [f"{frames}f: not run" for frames in result.get("skipped_frames") or []]
         if skipped:
@@ -366,18 +587,41 @@ def markdown(
         if checks_ok:
             finite = all(part["finite"] for _, check in checks_ok for part in check.values())
             out.append(f"- activations finite in every checked run: {'yes' if finite else '**NO**'}")
-        out += ["", "### Headlines", "", *headlines(result), "", "### Targets", ""]
-        out += ["| target | status | per frame count |", "|---|---|---|"]
-        out += [f"| {t.name} | **{t.status}** | {t.detail} |" for t in checks]
-        for shape in sorted(result["results"], key=lambda s: s["frames"]):
+        has_answers = any(shape.get("answer") for shape in result["results"])
+        if settings["repeats"]:
+            out += ["", "### Headlines", "", *headlines(result), "", "### Targets", ""]
+            out += ["| target | status | per frame count |", "|---|---|---|"]
+            out += [f"| {t.name} | **{t.status}** | {t.detail} |" for t in checks]
+            for shape in sorted(result["results"], key=lambda s: s["frames"]):
+                out += [
+                    "",
+                    f"### {shape['frames']} frames ({shape['video_tokens']} video tokens, "
+                    f"prompt {shape['prompt_length']} tokens)",
+                    "",
+                    *shape_table(shape),
+                ]
+        if has_answers:
             out += [
                 "",
-                f"### {shape['frames']} frames ({shape['video_tokens']} video tokens, "
-                f"prompt {shape['prompt_length']} tokens)",
+                "### Whole answers: eager decode vs fast decode",
                 "",
-                *shape_table(shape),
+                "Rows `X` answer with `model.generate` (dynamic cache, eager decode), `X+fd` with "
+                "`prunevid.fast_decode` (static buffers sized to the kept length + new tokens, rounded up to "
+                f"{settings.get('fast_decode_bucket_rows', 256)} rows; the decode step replayed from a CUDA "
+                f"graph). {settings.get('answer_repeats')} timed repeats after one warm-up call per row and "
+                "length bucket "
+                "(the first call builds the buffers and captures the graph: its capture time is the last "
+                "column; later calls of that bucket reuse it).",
+                "",
+                "| target | status | per frame count |",
+                "|---|---|---|",
             ]
+            out += [f"| {t.name} | **{t.status}** | {t.detail} |" for t in answer_targets(result)]
+            out += answer_tables(result)
         out.append("")
+    if fast_decode is not None:
+        path, report, probe = fast_decode
+        out += [*fast_decode_section(report, path.name, probe), ""]
     out += [
         "## Columns",
         "",
@@ -407,6 +651,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("results", nargs="+", type=Path, help="bench_e2e.py JSON files")
     parser.add_argument("--md", type=Path, default=ROOT / "docs" / "benchmarks.md", help="markdown output")
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "ttft_vs_frames.png", help="plot output")
+    parser.add_argument("--fast-decode", type=Path, help="bench_fast_decode.py JSON (correctness, step cost)")
+    parser.add_argument(
+        "--fast-decode-probe",
+        type=Path,
+        help="an earlier bench_fast_decode.py JSON with reduce-overhead timings",
+    )
     parser.add_argument("--decode-tolerance", type=float, default=0.02, help="allowed decode slowdown")
     parser.add_argument("--memory-tolerance", type=float, default=0.0, help="allowed peak-memory increase")
     return parser.parse_args(argv)
@@ -417,16 +667,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     results = [(path, json.loads(path.read_text())) for path in args.results]
     all_targets = [targets(r, args.decode_tolerance, args.memory_tolerance) for _, r in results]
-    png = args.png if plot([r for _, r in results], args.png) else None
+    timed = [r for _, r in results if r["settings"].get("repeats")]  # answer-only runs have no TTFT series
+    png = args.png if timed and plot(timed, args.png) else None
     if png is None:
         print("matplotlib is not installed: no plot written", file=sys.stderr)
     args.md.parent.mkdir(parents=True, exist_ok=True)
-    args.md.write_text(markdown(results, all_targets, png, args.md))
+    fast_decode = None
+    if args.fast_decode is not None:
+        probe = json.loads(args.fast_decode_probe.read_text()) if args.fast_decode_probe else None
+        if probe is not None:
+            probe["_file"] = args.fast_decode_probe.name
+        fast_decode = (args.fast_decode, json.loads(args.fast_decode.read_text()), probe)
+    args.md.write_text(markdown(results, all_targets, png, args.md, fast_decode))
     summary = {}
     for (_, result), checks in zip(results, all_targets, strict=True):
         print(f"\n== {title(result)} ==")
         print("\n".join(line.replace("**", "") for line in headlines(result)))
-        for check in checks:
+        for check in checks + answer_targets(result):
             print(f"{check.status:>6}  {check.name}: {check.detail}")
         summary[title(result)] = checks
     print(f"\nwrote {args.md}" + (f" and {png}" if png else ""))

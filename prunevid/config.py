@@ -32,6 +32,11 @@ class PruneVidConfig:
     ``fast_vision`` runs the vision tower's SDPA window attention with one call per distinct window length
     instead of one per window (:mod:`prunevid.fast_vision`): faster, and bit-identical, so it never changes
     outputs and is independent of the pruning stages.
+
+    ``fast_decode`` makes ``model.generate`` decode on static KV buffers sized to the kept length plus the new
+    tokens, the step replayed from a CUDA graph on GPUs (:mod:`prunevid.fast_decode`). It changes no stage;
+    greedy tokens equal the eager decode's in float32, on GPUs logits agree within bf16 rounding. With Stage 2
+    on it needs Stage 3 (every layer must hold the same rows).
     """
 
     enable_stage1: bool = False
@@ -46,9 +51,16 @@ class PruneVidConfig:
     pruning_layer: int | None = None
     attention_aggregation: str = "max"
     fast_vision: bool = False
+    fast_decode: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("enable_stage1", "enable_stage2", "enable_cache_compression", "fast_vision"):
+        for name in (
+            "enable_stage1",
+            "enable_stage2",
+            "enable_cache_compression",
+            "fast_vision",
+            "fast_decode",
+        ):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "True or False")
         tau = self.tau
         _check(
@@ -82,6 +94,11 @@ class PruneVidConfig:
             self.attention_aggregation in AGGREGATIONS,
             f"one of {AGGREGATIONS}",
         )
+        if self.fast_decode and self.enable_stage2 and not self.enable_cache_compression:
+            raise ValueError(
+                "fast_decode=True with enable_stage2=True needs enable_cache_compression=True: the static "
+                "decode buffers hold the same rows in every layer"
+            )
         if self.enable_cache_compression and not self.enable_stage2:
             raise ValueError(
                 "enable_cache_compression=True needs enable_stage2=True: Stage 3 cuts the cache to the "

@@ -168,3 +168,35 @@ def test_published_architectures_build(bench: ModuleType, size: str) -> None:
     bench._check_token_ids(model, ids)
     assert model.config._attn_implementation == "sdpa"
     assert bench.LlmDims.of(model).layers == {"7b": 28, "3b": 36}[size]
+
+
+def test_answer_rows_and_their_report(bench: ModuleType, tmp_path: Path) -> None:
+    """Whole-answer rows (eager and fast decode) land in the JSON and the report renders their targets."""
+    out = tmp_path / "answers.json"
+    argv = ["--tiny", "--device", "cpu", "--frames", "8", "--rows", "paper", "--repeats", "0"]
+    argv += [
+        "--decode-repeats",
+        "0",
+        "--answer-tokens",
+        "2,3",
+        "--answer-rows",
+        "paper",
+        "--answer-repeats",
+        "1",
+    ]
+    bench.main([*argv, "--out", str(out)])
+    report = json.loads(out.read_text())
+    answer = report["results"][0]["answer"]
+    assert answer["tokens"] == [2, 3] and set(answer["rows"]) == {"paper", "paper+fd"}
+    fast, eager = answer["rows"]["paper+fd"], answer["rows"]["paper"]
+    assert fast["fast_decode"] and not eager["fast_decode"]
+    assert fast["first_call"]["2"]["captured"] and fast["first_call"]["2"]["cache_bytes"] > 0
+    for row in (fast, eager):
+        for n in ("2", "3"):
+            assert row["summary"][n]["answer_ms"]["n"] == 1 and row["raw"][n]["cache_bytes"][0] > 0
+    assert fast["raw"]["3"]["decode_ms_per_token"][0] is not None  # the streamer reaches fast decode
+    report_module = _load("report")
+    text = "\n".join(report_module.answer_tables(report))
+    assert "`paper+fd`" in text and "`paper`" in text
+    names = [target.name for target in report_module.answer_targets(report)]
+    assert len(names) == 3 and "7.0 ms/token" in names[0]

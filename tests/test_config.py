@@ -66,6 +66,7 @@ def test_unknown_preset() -> None:
         ("attention_aggregation", "sum", "max"),
         ("enable_stage1", 1, "True or False"),
         ("fast_vision", "yes", "True or False"),
+        ("fast_decode", 1, "True or False"),
     ],
 )
 def test_invalid_values_name_field_value_and_range(field: str, value: object, allowed: str) -> None:
@@ -98,3 +99,13 @@ def test_explicit_pruning_layer_outside_the_model() -> None:
     assert config.resolve_pruning_layer(5) == 4
     with pytest.raises(ValueError, match=r"pruning_layer=4 is outside the model: allowed 0..3"):
         config.resolve_pruning_layer(4)
+
+
+def test_fast_decode_needs_stage3_with_stage2() -> None:
+    with pytest.raises(
+        ValueError, match="fast_decode=True with enable_stage2=True needs enable_cache_compression"
+    ):
+        PruneVidConfig(enable_stage2=True, fast_decode=True)
+    for name in PRESETS:  # every preset can turn it on; none does by default (it changes the decode kernels)
+        config = PruneVidConfig.preset(name)
+        assert not config.fast_decode and config.replace(fast_decode=True).fast_decode

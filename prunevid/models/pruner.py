@@ -237,7 +237,7 @@ class Pruner:
             ]
         self._hooks = hooks
         self._fast_vision = family.install_fast_vision(model) if config.fast_vision else None
-        self._generate = _GenerateGuard(model, self) if config.enabled else None
+        self._generate = _GenerateGuard(model, self) if config.enabled or config.fast_decode else None
         _ATTACHED[model] = weakref.ref(self)  # a strong value would keep its key alive forever
 
     # ----------------------------------------------------------------- public API
@@ -993,6 +993,10 @@ def _guarded_generate(model: nn.Module, guard: _GenerateGuard, *args: Any, **kwa
             "so the pruning would be decided again with the generated tokens counted as question; call "
             "generate() with use_cache=True (the default)"
         )
+    if pruner.config.fast_decode:  # decode on static buffers, the step in a CUDA graph (prunevid.fast_decode)
+        from prunevid import fast_decode
+
+        kwargs = fast_decode.generate_kwargs(kwargs)
     layout = cache_layout(_cache_from(kwargs))
     if layout is not None and _has_video_data(kwargs):  # 4.57's generate() would drop them silently
         raise ValueError(_NEW_VIDEO_IN_CONTINUATION)

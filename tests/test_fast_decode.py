@@ -1,0 +1,178 @@
+"""Fast decode (static KV buffers; CUDA graph on GPUs) against the eager decode, on the tiny model on CPU.
+
+On CPU the static step runs without a graph; in float32 it must give the very tokens (and, here, logits to
+float rounding) of stock ``generate`` with the same pruner, for greedy and seeded sampled decoding, padded
+batches with different kept lengths, EOS per sample and a streamer. GPU checks (graph replay within bf16
+tolerance of the eager decode) are in ``benchmarks/bench_fast_decode.py``: they need the device.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import torch
+from transformers import TextIteratorStreamer
+
+from prunevid import fast_decode
+from prunevid.config import PruneVidConfig
+from prunevid.qwen2_5_vl import attach
+
+NEW_TOKENS = 10
+
+
+def _both(model: Any, inputs: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(stock generate, fast decode) sequences for the same call."""
+    kwargs.setdefault("max_new_tokens", NEW_TOKENS)
+    kwargs.setdefault("do_sample", False)
+    return model.generate(**inputs, **kwargs), fast_decode.generate(model, **inputs, **kwargs)
+
+
+@pytest.mark.parametrize("preset", ["baseline", "paper", "aggressive"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("prompt", ["single", "padded"])
+def test_greedy_tokens_equal_the_eager_decode(
+    stock_models: dict[str, Any], prompts: dict[str, Any], preset: str, attention: str, prompt: str
+) -> None:
+    model, inputs = stock_models[attention], prompts[prompt]
+    with attach(model, PruneVidConfig.preset(preset)) as pruner:
+        stock, fast = _both(model, inputs)
+        kept = [sample.prompt_length for sample in pruner.last_stats.samples]
+    assert torch.equal(fast, stock)
+    stats = fast_decode.last_stats(model)
+    assert stats.batch_size == inputs["input_ids"].shape[0] and not stats.cuda_graph
+    assert stats.decode_steps == NEW_TOKENS - 1
+    assert stats.cache_rows % fast_decode.BUCKET_ROWS == 0
+    assert stats.cache_rows >= stats.prefill_rows + NEW_TOKENS
+    if preset == "baseline":
+        assert stats.prefill_rows == inputs["input_ids"].shape[1]
+    else:  # the static buffers hold the pruned cache, not the prompt
+        assert stats.prefill_rows < inputs["input_ids"].shape[1] == max(kept)
+
+
+def test_padded_batch_keeps_different_lengths_per_sample(
+    stock_models: dict[str, Any], prompts: dict[str, Any]
+) -> None:
+    model = stock_models["sdpa"]
+    with attach(model, PruneVidConfig.preset("paper")) as pruner:
+        stock, fast = _both(model, prompts["padded"])
+        kept = [sum(v.tokens_after_stage2 for v in s.videos) for s in pruner.last_stats.samples]
+    assert kept[0] != kept[1]  # the two clips keep different numbers of tokens: the cache is padded
+    assert torch.equal(fast, stock)
+
+
+def test_logits_match_the_eager_decode_step_by_step(
+    stock_models: dict[str, Any], prompts: dict[str, Any]
+) -> None:
+    model = stock_models["sdpa"]
+    kwargs = dict(return_dict_in_generate=True, output_logits=True, output_scores=True)
+    with attach(model, PruneVidConfig.preset("paper")):
+        stock, fast = _both(model, prompts["padded"], **kwargs)
+    assert torch.equal(fast.sequences, stock.sequences)
+    assert len(fast.logits) == len(stock.logits) == NEW_TOKENS
+    for ours, theirs in zip(fast.logits, stock.logits, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(fast.scores, stock.scores, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_eos_stops_each_sample_and_pads_it(stock_models: dict[str, Any], prompts: dict[str, Any]) -> None:
+    model, inputs = stock_models["sdpa"], prompts["padded"]
+    with attach(model, PruneVidConfig.preset("paper")):
+        free = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None)
+        new = free[:, inputs["input_ids"].shape[1] :]
+        # An "EOS" that sample 0 emits early and sample 1 does not emit at all.
+        eos = next(int(t) for t in new[0, 1:] if int(t) not in new[1].tolist())
+        pad = int(model.generation_config.pad_token_id)
+        stock, fast = _both(model, inputs, eos_token_id=eos, pad_token_id=pad)
+    assert torch.equal(fast, stock)
+    tail = fast[0, inputs["input_ids"].shape[1] :].tolist()
+    stop = tail.index(eos)
+    assert stop < NEW_TOKENS - 1 and set(tail[stop + 1 :]) == {pad}
+    assert eos not in fast[1, inputs["input_ids"].shape[1] :].tolist()
+
+
+def test_seeded_sampling_equals_stock(stock_models: dict[str, Any], prompts: dict[str, Any]) -> None:
+    model = stock_models["sdpa"]
+    kwargs = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=20)
+    with attach(model, PruneVidConfig.preset("paper")):
+        torch.manual_seed(3)
+        stock = model.generate(**prompts["single"], max_new_tokens=NEW_TOKENS, **kwargs)
+        torch.manual_seed(3)
+        fast = fast_decode.generate(model, **prompts["single"], max_new_tokens=NEW_TOKENS, **kwargs)
+    assert torch.equal(fast, stock)
+
+
+def test_text_iterator_streamer_receives_the_answer(
+    stock_models: dict[str, Any], prompts: dict[str, Any], tiny_processor: Any
+) -> None:
+    model, inputs = stock_models["sdpa"], prompts["single"]
+    streamer = TextIteratorStreamer(tiny_processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result: dict[str, torch.Tensor] = {}
+
+    def run() -> None:
+        result["sequences"] = fast_decode.generate(
+            model, **inputs, max_new_tokens=NEW_TOKENS, do_sample=False, streamer=streamer
+        )
+
+    with attach(model, PruneVidConfig.preset("paper")):
+        thread = threading.Thread(target=run)
+        thread.start()
+        pieces = list(streamer)
+        thread.join()
+    generated = result["sequences"][0, inputs["input_ids"].shape[1] :]
+    expected = tiny_processor.tokenizer.decode(generated, skip_special_tokens=True)
+    assert len(pieces) >= 1 and "".join(pieces) == expected
+
+
+def test_buffers_are_reused_for_the_same_bucket(
+    stock_models: dict[str, Any], prompts: dict[str, Any]
+) -> None:
+    model = stock_models["sdpa"]
+    fast_decode.release(model)
+    with attach(model, PruneVidConfig.preset("paper")):
+        first = fast_decode.generate(model, **prompts["single"], max_new_tokens=NEW_TOKENS, do_sample=False)
+        built = fast_decode.last_stats(model)
+        with torch.inference_mode():  # the buffers serve callers in and out of inference mode
+            again = fast_decode.generate(model, **prompts["single"], max_new_tokens=6, do_sample=False)
+        reused = fast_decode.last_stats(model)
+    assert built.captured and not reused.captured and reused.capture_s == 0.0
+    assert reused.cache_rows == built.cache_rows  # 6 or 10 new tokens: the same bucket
+    assert torch.equal(again, first[:, : again.shape[1]])
+    fast_decode.release(model)
+
+
+@pytest.mark.parametrize("preset", ["baseline", "paper"])
+def test_config_routes_generate_through_fast_decode(
+    stock_models: dict[str, Any], prompts: dict[str, Any], preset: str
+) -> None:
+    model, inputs = stock_models["sdpa"], prompts["padded"]
+    with attach(model, PruneVidConfig.preset(preset)):
+        stock = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+    fast_decode.release(model)
+    with attach(model, PruneVidConfig.preset(preset).replace(fast_decode=True)):
+        fast = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+        stats = fast_decode.last_stats(model)
+    assert stats is not None and stats.captured and torch.equal(fast, stock)
+    assert "generate" not in vars(model)  # detach() leaves the stock method
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(num_beams=2), "num_beams"),
+        (dict(return_dict_in_generate=True, output_attentions=True), "attentions"),
+        (dict(use_cache=False), "use_cache"),
+    ],
+)
+def test_unsupported_options_are_refused(
+    stock_models: dict[str, Any], prompts: dict[str, Any], kwargs: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        fast_decode.generate(stock_models["sdpa"], **prompts["single"], max_new_tokens=3, **kwargs)
+
+
+def test_cuda_graph_needs_cuda(stock_models: dict[str, Any], prompts: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="CUDA"):
+        fast_decode.generate(stock_models["sdpa"], **prompts["single"], max_new_tokens=3, cuda_graph=True)
