@@ -98,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_PIXELS,
         help=f"pixel budget per frame (default {DEFAULT_MAX_PIXELS}, 448x448)",
     )
+    ask_cmd.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="decode on static KV buffers, the step replayed from a CUDA graph (PruneVidConfig.fast_decode)",
+    )
     ask_cmd.set_defaults(run=_run_ask)
 
     demo = commands.add_parser(
@@ -162,6 +167,11 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--max-new-tokens", type=int, default=EVAL_DEFAULT_MAX_NEW_TOKENS)
     command.add_argument("--out", type=Path, help="output folder (default prunevid-eval/BENCHMARK-MODEL)")
     command.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="the presets decode on static KV buffers with a CUDA-graph step (PruneVidConfig.fast_decode)",
+    )
+    command.add_argument(
         "--no-retry-errors", action="store_true", help="on a rerun, keep rows that recorded an error"
     )
     command.add_argument(
@@ -196,7 +206,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.presets.split(",") if name.strip()]
     methods = [name for name in names if name in METHODS]
     # Unknown names and a bad --retention fail before the model loads.
-    configs = {name: PruneVidConfig.preset(name) for name in names if name not in METHODS}
+    configs = {
+        name: PruneVidConfig.preset(name).replace(fast_decode=args.fast_decode)
+        for name in names
+        if name not in METHODS
+    }
     if methods and args.retention == "auto" and "paper" not in configs:
         raise ValueError(
             "--retention auto matches paper's retention: add paper to --presets or give a number"
@@ -444,7 +458,8 @@ def _run_ask(args: argparse.Namespace) -> int:
     _quiet_libraries()
     kwargs = {"device_map": "auto"} if torch.cuda.is_available() else {}
     with _step(f"loading {args.model}", args.quiet):
-        model, processor, _ = load(args.model, PruneVidConfig.preset(args.preset), **kwargs)
+        config = PruneVidConfig.preset(args.preset).replace(fast_decode=args.fast_decode)
+        model, processor, _ = load(args.model, config, **kwargs)
     with _step(f"answering ({args.preset})", args.quiet):
         answer = ask(model, processor, clip, args.question, max_new_tokens=args.max_new_tokens)
     if args.json:

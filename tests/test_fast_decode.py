@@ -176,3 +176,18 @@ def test_unsupported_options_are_refused(
 def test_cuda_graph_needs_cuda(stock_models: dict[str, Any], prompts: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="CUDA"):
         fast_decode.generate(stock_models["sdpa"], **prompts["single"], max_new_tokens=3, cuda_graph=True)
+
+
+def test_ask_with_fast_decode_gives_the_same_answer(
+    stock_models: dict[str, Any], tiny_processor: Any, make_video_clip: Any
+) -> None:
+    from prunevid.pipeline import ask
+
+    model = stock_models["sdpa"]
+    clip = make_video_clip(8, 112, 112, seed=4)
+    answers = {}
+    for fast in (False, True):
+        with attach(model, PruneVidConfig.preset("paper").replace(fast_decode=fast)):
+            answers[fast] = ask(model, tiny_processor, clip, "What moves?", max_new_tokens=NEW_TOKENS)
+    assert answers[True].token_ids == answers[False].token_ids and answers[True].text == answers[False].text
+    assert answers[True].timings["decode"] > 0  # the first-token clock (a streamer) saw the first token
