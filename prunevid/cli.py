@@ -53,11 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 DESCRIPTION = """\
-Training-free video token pruning (PruneVid) for Qwen2.5-VL on stock transformers.
+Training-free video token pruning (PruneVid) for Qwen2.5-VL, Qwen2-VL, Qwen3-VL and Qwen3-VL-MoE on stock
+transformers.
 
 examples:
   prunevid demo                                  offline: the bundled small model, stock vs paper
   prunevid ask clip.mp4 "What happens?" --model Qwen/Qwen2.5-VL-7B-Instruct
+  prunevid ask clip.mp4 "What happens?" --model Qwen/Qwen3-VL-8B-Instruct
   prunevid eval synthetic --limit 20             offline accuracy of presets on generated clips
   prunevid explain clip.mp4 "What happens?" --model bundled --out explained
                                                  what the model still sees, drawn per frame
@@ -74,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     ask_cmd = commands.add_parser(
         "ask",
         help="answer a question about a video",
-        description="Answer a question about a video with a Qwen2.5-VL checkpoint and a PruneVid preset. "
+        description="Answer a question about a video with a Qwen2.5-VL, Qwen2-VL, Qwen3-VL or Qwen3-VL-MoE "
+        "checkpoint and a PruneVid preset. "
         "The video is decoded (and checked) before the model loads.",
     )
     ask_cmd.add_argument("video", help="path of a video file")
@@ -97,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_MAX_PIXELS,
         help=f"pixel budget per frame (default {DEFAULT_MAX_PIXELS}, 448x448)",
+    )
+    ask_cmd.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="decode on static KV buffers, the step replayed from a CUDA graph (PruneVidConfig.fast_decode)",
     )
     ask_cmd.add_argument(
         "--fast-decode",
@@ -166,6 +174,11 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget per frame")
     command.add_argument("--max-new-tokens", type=int, default=EVAL_DEFAULT_MAX_NEW_TOKENS)
     command.add_argument("--out", type=Path, help="output folder (default prunevid-eval/BENCHMARK-MODEL)")
+    command.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="the presets decode on static KV buffers with a CUDA-graph step (PruneVidConfig.fast_decode)",
+    )
     command.add_argument(
         "--fast-decode",
         action="store_true",

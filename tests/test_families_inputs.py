@@ -34,7 +34,6 @@ PROCESSORS = {
     "qwen3_vl_moe": "Qwen3VLProcessor",
 }
 TIMESTAMP = re.compile(r"<(\d+\.\d) seconds>")
-ADAPTER_PENDING = "adapter pending (lead)"
 
 
 def _module_name(hub_name: str) -> str:
@@ -60,12 +59,6 @@ def _runs(flags: list[bool]) -> list[tuple[int, int]]:
             runs.append((start, i))
             start = None
     return runs
-
-
-def _adapter_pending(request: pytest.FixtureRequest, family: str) -> None:
-    """Attaching the pruner to a non-Qwen2.5 model needs the lead's prunevid.models adapters."""
-    if family != "qwen2_5_vl":
-        request.applymarker(pytest.mark.xfail(reason=ADAPTER_PENDING, strict=False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,8 +158,12 @@ def test_qwen3_rotary_interleaves_t_h_w_as_published(tiny_family_models: dict[st
 def test_processor_class_per_family(family: str, tiny_family_processor: Any) -> None:
     assert type(tiny_family_processor).__name__ == PROCESSORS[family]
     assert processor_family(tiny_family_processor) == ("qwen3_vl" if family in QWEN3 else family)
-    video_processor = type(tiny_family_processor.video_processor).__name__
-    assert video_processor == ("Qwen3VLVideoProcessor" if family in QWEN3 else "Qwen2VLVideoProcessor")
+    video_processor = tiny_family_processor.video_processor
+    expected = "Qwen3VLVideoProcessor" if family in QWEN3 else "Qwen2VLVideoProcessor"
+    assert type(video_processor).__name__ == expected
+    assert video_processor.patch_size == (16 if family in QWEN3 else 14)
+    if family in QWEN3:  # published default: samples frames itself; budget over all frames: 768 of 448x448
+        assert video_processor.do_sample_frames and video_processor.size["longest_edge"] == 768 * 448 * 448
 
 
 def _check_video_layout(family: str, processor: Any, inputs: Any, clips: list[Any]) -> None:
@@ -320,9 +317,8 @@ def test_ask_without_a_pruner(family: str, tiny_family_checkpoint: Path, tmp_pat
 
 
 def test_load_attaches_the_pruner(
-    family: str, tiny_family_checkpoint: Path, family_prompts: dict[str, Any], request: pytest.FixtureRequest
+    family: str, tiny_family_checkpoint: Path, family_prompts: dict[str, Any]
 ) -> None:
-    _adapter_pending(request, family)
     model, processor, pruner = load(tiny_family_checkpoint, dtype=torch.float32)
     try:
         inputs = family_prompts["single"]
@@ -340,13 +336,28 @@ def test_cli_ask_on_a_family_checkpoint(
     tiny_family_checkpoint: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
-    request: pytest.FixtureRequest,
 ) -> None:
     from prunevid.cli import main
 
-    _adapter_pending(request, family)
     video = write_video(family_clip(family, 8, 2, 2).frames, tmp_path / "clip.mp4", fps=4.0)
     argv = ["ask", str(video), "What moves?", "--model", str(tiny_family_checkpoint), "--preset", "paper"]
     assert main([*argv, "--frames", "8", "--max-new-tokens", "2", "--json", "--quiet"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["preset"] == "paper" and record["stats"]["video_tokens_in"] > 0
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl"], indirect=True)
+def test_cli_eval_on_a_family_checkpoint(tiny_family_checkpoint: Path, tmp_path: Path) -> None:
+    """prunevid eval loads the family by model_type and answers under baseline and paper without errors."""
+    from prunevid.cli import main
+
+    out = tmp_path / "eval"
+    argv = ["eval", "synthetic", "--model", str(tiny_family_checkpoint), "--data", str(tmp_path / "data")]
+    argv += ["--limit", "1", "--presets", "baseline,paper", "--frames", "4", "--max-pixels", str(64 * 64)]
+    assert main([*argv, "--max-new-tokens", "2", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    by_preset = {row["preset"]: row for row in rows}
+    assert sorted(by_preset) == ["baseline", "paper"] and all(row["error"] is None for row in rows)
+    baseline, paper = by_preset["baseline"], by_preset["paper"]
+    assert baseline["tokens_after_stage2"] == baseline["tokens_in"] == paper["tokens_in"] > 0
+    assert paper["tokens_after_stage2"] < paper["tokens_in"]
