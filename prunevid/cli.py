@@ -106,11 +106,6 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="decode on static KV buffers, the step replayed from a CUDA graph (PruneVidConfig.fast_decode)",
     )
-    ask_cmd.add_argument(
-        "--fast-decode",
-        action="store_true",
-        help="decode on static KV buffers, the step replayed from a CUDA graph (PruneVidConfig.fast_decode)",
-    )
     ask_cmd.set_defaults(run=_run_ask)
 
     demo = commands.add_parser(
@@ -174,11 +169,6 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget per frame")
     command.add_argument("--max-new-tokens", type=int, default=EVAL_DEFAULT_MAX_NEW_TOKENS)
     command.add_argument("--out", type=Path, help="output folder (default prunevid-eval/BENCHMARK-MODEL)")
-    command.add_argument(
-        "--fast-decode",
-        action="store_true",
-        help="the presets decode on static KV buffers with a CUDA-graph step (PruneVidConfig.fast_decode)",
-    )
     command.add_argument(
         "--fast-decode",
         action="store_true",
