@@ -19,6 +19,10 @@ the cache is short and its length is fixed, which is what a static, graph-captur
    physical write row as ``cache_position``. On CUDA the step (mask row, forward, ``lm_head``, position and
    row counters) is captured once in a ``torch.cuda.CUDAGraph`` and replayed; on CPU it runs eagerly.
 
+PruneVid's hooks leave the decode steps alone: they act on forwards of ``model.model`` (a prefill, or
+tokens appended to a pruned cache) and the steps call its language model directly; the pruned cache's
+:class:`~prunevid.models.CacheLayout` gives the valid rows and the positions to continue at.
+
 Token selection, logits processors, stopping criteria and the streamer stay on the host side, exactly
 generate's, so greedy and sampled decoding, EOS per sample and ``TextIteratorStreamer`` behave as stock.
 Turn it on with ``PruneVidConfig(fast_decode=True)`` (then ``model.generate`` uses it while the pruner is
@@ -315,6 +319,10 @@ def decode(
         synced_gpus: must be False.
         cuda_graph: capture and replay the decode step in a CUDA graph (default: when the model is on CUDA);
             False runs the same static step eagerly. Pass it to ``generate`` as a keyword.
+        compile_step: compile the step with ``torch.compile`` (inductor, no cudagraphs of its own) before
+            the capture; the first call of every new shape pays the compilation.
+        token_streamer: the streamer when ``generate`` is called through :func:`generate` (transformers
+            hands a ``custom_generate`` callable no ``streamer``); it gets the prompt first, as stock.
         **model_kwargs: the model inputs ``generate`` prepared (pixel values, grids, attention mask,
             position ids, cache, ...).
 
@@ -326,7 +334,7 @@ def decode(
     Raises:
         ValueError: an option fast decode does not support (beam search, assisted decoding, attentions or
             hidden states in the output, a cache that already holds tokens, use_cache=False, Stage 2
-            without Stage 3, sliding-window attention).
+            without Stage 3, sliding-window attention, a model other than Qwen2.5-VL).
     """
     _check_supported(model, generation_config, synced_gpus, model_kwargs)
     streamer = streamer if streamer is not None else token_streamer
@@ -380,7 +388,7 @@ def decode(
         unfinished = unfinished & ~stopping_criteria(input_ids, scores)
         if input_ids.shape[1] >= max_length or not bool(unfinished.any()):
             break
-        with _static_mode(), _pruner_paused(model):
+        with _static_mode():
             if engine is None:
                 engine, stats = _start(
                     model,
@@ -561,20 +569,6 @@ def _output_cache(outputs: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _pruner_paused(model: nn.Module) -> Iterator[None]:
-    """PruneVid's hooks ignore the calls inside (decode steps on static buffers are not its business)."""
-    from prunevid.qwen2_5_vl import pruner_of
-
-    pruner = pruner_of(model)
-    paused = getattr(pruner, "paused", None)
-    if paused is None:
-        yield
-        return
-    with paused():
-        yield
-
-
-@contextlib.contextmanager
 def _sdpa_backends(device: torch.device) -> Iterator[None]:
     if SDPA_BACKENDS is None or device.type != "cuda":
         yield
@@ -606,7 +600,9 @@ def generate(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
     ``max_new_tokens``, ``eos_token_id``, ``pad_token_id``, ``do_sample`` / ``temperature`` / ``top_k`` /
     ``top_p``, ``repetition_penalty``, ``min_new_tokens``, ``streamer`` (e.g. ``TextIteratorStreamer``),
     ``return_dict_in_generate`` with ``output_scores`` / ``output_logits`` work as in ``generate``; pass
-    ``cuda_graph=False`` to run the static step without a graph. See :func:`decode` for what is refused.
+    ``cuda_graph=False`` to run the static step without a graph, ``compile_step=True`` to compile it with
+    inductor before the capture (faster steps, about 45 s of compilation per new shape on a 7B model). Returns
+    what ``generate`` returns. See :func:`decode` for what is refused.
     """
     return type(model).generate(model, *args, **generate_kwargs(kwargs))
 

@@ -191,3 +191,13 @@ def test_ask_with_fast_decode_gives_the_same_answer(
             answers[fast] = ask(model, tiny_processor, clip, "What moves?", max_new_tokens=NEW_TOKENS)
     assert answers[True].token_ids == answers[False].token_ids and answers[True].text == answers[False].text
     assert answers[True].timings["decode"] > 0  # the first-token clock (a streamer) saw the first token
+
+
+def test_compiled_step_gives_the_same_tokens(stock_models: dict[str, Any], prompts: dict[str, Any]) -> None:
+    model, inputs = stock_models["sdpa"], prompts["single"]
+    fast_decode.release(model)
+    with attach(model, PruneVidConfig.preset("paper")):
+        stock = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        compiled = fast_decode.generate(model, **inputs, max_new_tokens=6, do_sample=False, compile_step=True)
+    assert torch.equal(compiled, stock)
+    fast_decode.release(model)
