@@ -502,6 +502,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         with _step("decoding it", args.quiet) as details:
             clip = load_video(video)
             details.append(_describe_clip(clip))
+        with _step("warming up (a first generate pays one-off costs; not compared)", args.quiet):
+            ask(model, processor, clip, question, max_new_tokens=1)
         for name in ("baseline", args.preset):
             pruner = pruner_of(model)
             if pruner is not None:

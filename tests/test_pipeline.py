@@ -180,6 +180,7 @@ def test_cli_demo_runs_offline(capsys: pytest.CaptureFixture) -> None:
         "prunevid: loading the bundled small model",
         "prunevid: generating clip and question 0",
         "prunevid: decoding it",
+        "prunevid: warming up (a first generate pays one-off costs; not compared)",
         "prunevid: stock answer (baseline)",
         "prunevid: pruned answer (paper)",
     ]
