@@ -480,11 +480,12 @@ def fast_decode_section(report: dict[str, Any], name: str, probe: dict[str, Any]
             f"kernel time ({kinds}); the graph replays it in {fmt(profile.get('graph_replay_ms'), 2)} ms.",
             "",
             "What remains: the matrix products read every weight once per step (for the 7B, 15.2 GB at "
-            "the 4.3 TB/s this card copies at: 3.5 ms, the floor); the rest is about 1,400 small kernels per "
-            "step (per layer: RMS norms in float32, M-RoPE cos/sin split and re-concatenated, rotate-half, the "
-            "key/value write, the grouped keys and values repeated for SDPA because a mask is passed, SiLU, "
-            "residual adds) and about 1 us between kernels in the replay. Compiling the step (inductor) "
-            "fuses most of the small kernels: hence its lower ms/step, paid for with the compilation.",
+            "the 4.3 TB/s this card copies at: 3.5 ms, the floor); the rest is about 1,400 small kernels "
+            "per step (per layer: RMS norms in float32, M-RoPE cos/sin split and re-concatenated, rotate-"
+            "half, the key/value write, the grouped keys and values repeated for SDPA because a mask is "
+            "passed, SiLU, residual adds) and about 1 us between kernels in the replay. Compiling the "
+            "step (inductor) fuses most of the small kernels: hence its lower ms/step, paid for with the "
+            "compilation.",
         ]
     if probe is not None:
         out += [
