@@ -17,7 +17,9 @@ Every supported family (``qwen2_5_vl``, ``qwen2_vl``, ``qwen3_vl``, ``qwen3_vl_m
   attach, change no weights); ``tiny_family_processor``: its processor.
 - ``family_prompts``: processor outputs (:func:`prunevid.prompt.build_inputs`) of the family: ``single``
   (batch 1: 12 frames of 4x4 LLM tokens, a scene cut at frame 6) and ``padded`` (batch 2, left padding:
-  that clip and 8 frames of 4x5 tokens, different questions). Frames are ``FAMILY_CLIP_UNIT[family]``
+  that clip and 8 frames of 4x5 tokens, different questions); ``two_videos`` (batch 1: both clips in one
+  user turn) and ``image_video`` (batch 1: a 2x3-token image, then the first clip), both built by
+  :func:`family_multimodal_inputs`. Frames are ``FAMILY_CLIP_UNIT[family]``
   (28 or 32 pixels) per LLM token, so the processor does not resize them; both families' clips give the
   same token grids. ``family_clip(family, ...)`` makes more such clips.
 """
@@ -224,6 +226,7 @@ def family_prompts(family: str, tiny_family_processor: Any) -> dict[str, Any]:
 
     first = family_clip(family, 12, 4, 4, seed=1, scene_cut_at=6)
     second = family_clip(family, 8, 4, 5, seed=2)
+    image = family_clip(family, 1, 2, 3, seed=3).frames[0]
     return {
         "single": build_inputs(tiny_family_processor, first, "What moves in the video?"),
         "padded": build_inputs(
@@ -231,4 +234,32 @@ def family_prompts(family: str, tiny_family_processor: Any) -> dict[str, Any]:
             [first, second],
             ["What moves in the video?", "Which colour is the disc at the end?"],
         ),
+        "two_videos": family_multimodal_inputs(
+            tiny_family_processor, [first, second], "Which video is longer?"
+        ),
+        "image_video": family_multimodal_inputs(
+            tiny_family_processor, [first], "Is the picture in the video?", image=image
+        ),
     }
+
+
+def family_multimodal_inputs(
+    processor: Any, clips: list[VideoClip], question: str, *, image: np.ndarray | None = None
+) -> Any:
+    """One user turn (batch 1) with an optional image ``uint8 [H, W, 3]``, then every clip, then the question:
+    the chat template and the processor with :func:`prunevid.prompt.video_kwargs` (each family's timing)."""
+    from prunevid.prompt import video_kwargs
+
+    content: list[dict[str, Any]] = [{"type": "image"}] if image is not None else []
+    content += [{"type": "video"} for _ in clips] + [{"type": "text", "text": question}]
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
+    images = {"images": [image]} if image is not None else {}
+    return processor(
+        text=[text],
+        videos=[c.frames for c in clips],
+        return_tensors="pt",
+        **images,
+        **video_kwargs(processor, clips),
+    )

@@ -188,11 +188,8 @@ def _check_video_layout(family: str, processor: Any, inputs: Any, clips: list[An
         if family in QWEN3:
             # T' frame groups of h'w' tokens, each after its timestamp: the mean source time of its 2 frames.
             assert [e - s for s, e in runs] == [h * w // 4] * t
-            indices = list(clip.frame_indices) + [clip.frame_indices[-1]] * (frames % 2)
-            expected = [
-                f"{(indices[2 * k] + indices[2 * k + 1]) / 2 / clip.source_fps:.1f}" for k in range(t)
-            ]
-            assert TIMESTAMP.findall(text) == expected
+            expected = _timestamps(clip)
+            assert len(expected) == t and TIMESTAMP.findall(text) == expected
             groups = text.split("<|video_pad|>" * (h * w // 4))
             for k in range(t):
                 assert groups[k].endswith(f"<{expected[k]} seconds><|vision_start|>")
@@ -226,6 +223,49 @@ def test_padded_batch_two_clip_sizes(
     assert bool((inputs["input_ids"][short][~mask[short].bool()] == pad).all())
     _check_video_layout(family, tiny_family_processor, inputs, clips)
     assert inputs["video_grid_thw"].tolist() == [[6, 8, 8], [4, 8, 10]]
+
+
+def _timestamps(clip: Any) -> list[str]:
+    """Qwen3-VL's timestamp of each frame pair: the mean source time of its two frames (last one repeated)."""
+    indices = [int(i) for i in clip.frame_indices]
+    indices += indices[-1:] * (len(indices) % 2)
+    return [f"{(indices[k] + indices[k + 1]) / 2 / clip.source_fps:.1f}" for k in range(0, len(indices), 2)]
+
+
+def test_two_videos_in_one_prompt(
+    family: str, tiny_family_processor: Any, family_prompts: dict[str, Any]
+) -> None:
+    inputs = family_prompts["two_videos"]
+    clips = [family_clip(family, 12, 4, 4, seed=1, scene_cut_at=6), family_clip(family, 8, 4, 5, seed=2)]
+    assert inputs["video_grid_thw"].tolist() == [[6, 8, 8], [4, 8, 10]]
+    ids = inputs["input_ids"][0].tolist()
+    runs = _runs([i == _token_id(tiny_family_processor, "<|video_pad|>") for i in ids])
+    text = tiny_family_processor.tokenizer.decode(ids)
+    if family in QWEN3:
+        assert [e - s for s, e in runs] == [16] * 6 + [20] * 4
+        assert TIMESTAMP.findall(text) == _timestamps(clips[0]) + _timestamps(clips[1])
+    else:
+        assert [e - s for s, e in runs] == [96, 80] and "seconds" not in text
+    question = tiny_family_processor.tokenizer.decode(ids[runs[-1][1] :])
+    assert "Which video is longer?" in question  # the question after both videos
+
+
+def test_an_image_then_a_video(
+    family: str, tiny_family_processor: Any, family_prompts: dict[str, Any]
+) -> None:
+    inputs = family_prompts["image_video"]
+    image_id = _token_id(tiny_family_processor, "<|image_pad|>")
+    video_id = _token_id(tiny_family_processor, "<|video_pad|>")
+    assert inputs["image_grid_thw"].tolist() == [[1, 4, 6]] and inputs["video_grid_thw"].tolist() == [
+        [6, 8, 8]
+    ]
+    ids = inputs["input_ids"][0]
+    image_rows = torch.nonzero(ids == image_id).flatten()
+    video_rows = torch.nonzero(ids == video_id).flatten()
+    assert len(image_rows) == 6 and len(video_rows) == 96 and image_rows.max() < video_rows.min()
+    if V5:
+        types = inputs["mm_token_type_ids"][0]
+        assert torch.equal(types == 1, ids == image_id) and torch.equal(types == 2, ids == video_id)
 
 
 @pytest.mark.parametrize("family", QWEN3, indirect=True)
