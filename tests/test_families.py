@@ -292,3 +292,18 @@ def test_a_pruning_layer_inside_deepstack_is_refused(family_models: dict[str, An
     levels = len(model.config.vision_config.deepstack_visual_indexes)
     with pytest.raises(ValueError, match="DeepStack"):
         attach(model, PruneVidConfig.preset("paper").replace(pruning_layer=levels - 1))
+
+
+def test_question_rows_skip_the_videos_timestamps(
+    family: str, family_models: dict[str, Any], family_prompts: dict[str, Any]
+) -> None:
+    model, inputs = family_models["sdpa"], family_prompts["single"]
+    with attach(model, PruneVidConfig.preset("stage2_only")) as pruner, torch.no_grad():
+        model(**inputs)
+    sample = pruner.last_stats.samples[0]
+    video = torch.nonzero(inputs["input_ids"][0] == model.config.video_token_id).flatten()
+    first, last = int(video[0]), int(video[-1]) + 1
+    rows = set(sample.question_rows)
+    assert sample.question_source == "user turn"
+    assert not rows & set(range(first, last))  # nothing inside the video: no timestamp between frame groups
+    assert set(range(last, inputs["input_ids"].shape[1])) <= rows
