@@ -7,7 +7,9 @@ install fails here instead of skipping). The option parsing tests need no lmms-e
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,25 @@ from prunevid.config import PruneVidConfig
 from prunevid.integrations.lmms_eval_registry import CONFIG_FIELDS, MODEL_ID, config_from_model_args
 from prunevid.synthetic import make_clip, write_video
 
-# (height, width) of the clips: different sizes, so each request's token count names its clip.
-CLIP_SIZES = [(56, 56), (112, 84), (84, 112)]
+# Clip sizes in units of the family's pixels per LLM token side (28 for Qwen2.5-VL, 32 for Qwen3-VL):
+# different sizes, so each request's token count names its clip.
+CLIP_UNITS = [(2, 2), (4, 3), (3, 4)]
 FRAMES = 8
 QUESTIONS = ["What moves in the video?", "Which colour is the disc?", "How many shapes are there?"]
-# Frames pass through lmms-eval's sampling (8 frames) and resize bounds unchanged at these sizes.
-MODEL_ARGS = f"device=cpu,device_map=cpu,max_num_frames={FRAMES},min_pixels=3136,max_pixels=12544"
+# model id -> (family of the tiny checkpoint, lmms-eval's own class, pixels per token side).
+FAMILIES = {
+    MODEL_ID: ("qwen2_5_vl", "lmms_eval.models.chat.qwen2_5_vl.Qwen2_5_VL", 28),
+    "prunevid_qwen3_vl": ("qwen3_vl", "lmms_eval.models.chat.qwen3_vl.Qwen3_VL", 32),
+}
+
+
+def _model_args(unit: int) -> str:
+    """Frames pass through lmms-eval's sampling (8 frames) and resize bounds unchanged at these sizes."""
+    pixels = f"min_pixels={(2 * unit) ** 2},max_pixels={(4 * unit) ** 2}"
+    return f"device=cpu,device_map=cpu,max_num_frames={FRAMES},{pixels}"
+
+
+MODEL_ARGS = _model_args(28)
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +50,12 @@ def lmms_models() -> Any:
     return pytest.importorskip("lmms_eval.models", reason="lmms-eval not installed: pip install -e '.[lmms]'")
 
 
-@pytest.fixture(scope="module")
-def task_docs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
+def _task_docs(folder: Path, unit: int) -> list[dict[str, str]]:
     """One doc per clip: an MP4 written from generated frames, and a question."""
-    folder = tmp_path_factory.mktemp("lmms-clips")
     docs = []
-    for index, ((height, width), question) in enumerate(zip(CLIP_SIZES, QUESTIONS, strict=True)):
-        frames = make_clip(FRAMES, height, width, seed=index)
-        video = write_video(frames, folder / f"clip{index}.mp4", fps=4.0)
+    for index, ((rows, columns), question) in enumerate(zip(CLIP_UNITS, QUESTIONS, strict=True)):
+        frames = make_clip(FRAMES, rows * unit, columns * unit, seed=index)
+        video = write_video(frames, folder / f"clip{index}-{unit}.mp4", fps=4.0)
         docs.append({"video": str(video), "question": question})
     return docs
 
@@ -74,28 +87,40 @@ def _run(model_class: Any, model_args: str, docs: list[dict[str, str]]) -> list[
     return lm.generate_until(_requests(docs))
 
 
-def test_registered_through_entry_point(lmms_models: Any) -> None:
-    from prunevid.integrations.lmms_eval_qwen2_5_vl import PruneVidQwen2_5_VL
-
-    assert lmms_models.get_model(MODEL_ID) is PruneVidQwen2_5_VL
-    assert not PruneVidQwen2_5_VL.is_simple
+def _lmms_class(path: str) -> type:
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
-@pytest.mark.parametrize("batch_size", [1, 2])
+@pytest.mark.parametrize("model_id", list(FAMILIES))
+def test_registered_through_entry_point(lmms_models: Any, model_id: str) -> None:
+    from prunevid.integrations.lmms_eval_model import PruneVidLmmsModel
+
+    plugin = lmms_models.get_model(model_id)
+    lmms_class = _lmms_class(FAMILIES[model_id][1])
+    assert issubclass(plugin, PruneVidLmmsModel) and plugin.__mro__[2] is lmms_class
+    assert not plugin.is_simple
+
+
+@pytest.mark.parametrize(("model_id", "batch_size"), [(MODEL_ID, 1), (MODEL_ID, 2), ("prunevid_qwen3_vl", 2)])
 def test_baseline_answers_as_stock_and_paper_prunes(
-    lmms_models: Any, tiny_checkpoint: Path, task_docs: list[dict[str, str]], batch_size: int
+    lmms_models: Any,
+    tiny_checkpoint_of: Callable[[str], Path],
+    tmp_path: Path,
+    model_id: str,
+    batch_size: int,
 ) -> None:
-    from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL
-
-    plugin = lmms_models.get_model(MODEL_ID)
-    args = f"pretrained={tiny_checkpoint},{MODEL_ARGS},batch_size={batch_size}"
-    stock = _run(Qwen2_5_VL, args, task_docs)
+    family, lmms_class, unit = FAMILIES[model_id]
+    task_docs = _task_docs(tmp_path, unit)
+    plugin = lmms_models.get_model(model_id)
+    args = f"pretrained={tiny_checkpoint_of(family)},{_model_args(unit)},batch_size={batch_size}"
+    stock = _run(_lmms_class(lmms_class), args, task_docs)
     baseline = _run(plugin, f"{args},preset=baseline", task_docs)
     paper = _run(plugin, f"{args},preset=paper,keep_ratio=0.5", task_docs)
 
     assert [r.text for r in baseline] == [r.text for r in stock]
-    # Qwen2.5-VL: 2 frames x 28 x 28 pixels per video token.
-    expected_tokens = [FRAMES // 2 * (h // 28) * (w // 28) for h, w in CLIP_SIZES]
+    # 2 frames x unit x unit pixels per video token.
+    expected_tokens = [FRAMES // 2 * rows * columns for rows, columns in CLIP_UNITS]
     for results, preset in ((baseline, "baseline"), (paper, "paper")):
         logged = [r.token_counts.to_dict() for r in results]
         assert all(1 <= entry["output_tokens"] <= 6 for entry in logged)  # lmms-eval's own counts kept

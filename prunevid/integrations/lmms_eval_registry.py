@@ -4,7 +4,7 @@ lmms-eval 0.7 resolves ``--model NAME`` through its model registry, which loads 
 ``lmms_eval.models`` entry-point group (declared in prunevid's ``pyproject.toml``). This module is that
 entry point: lmms-eval imports it every time its model package is imported, so it imports nothing of
 lmms-eval's model code; the model class (:mod:`prunevid.integrations.lmms_eval_qwen2_5_vl`) is imported
-only when ``--model prunevid_qwen2_5_vl`` is resolved.
+only when ``--model prunevid_qwen2_5_vl`` (or ``prunevid_qwen3_vl``) is resolved.
 """
 
 from __future__ import annotations
@@ -15,24 +15,28 @@ from typing import Any
 
 from prunevid.config import PruneVidConfig
 
-__all__ = ["CONFIG_FIELDS", "MODEL_ID", "config_from_model_args", "manifests"]
+__all__ = ["CHAT_CLASSES", "CONFIG_FIELDS", "MODEL_ID", "config_from_model_args", "manifests"]
 
 MODEL_ID = "prunevid_qwen2_5_vl"
-CHAT_CLASS_PATH = "prunevid.integrations.lmms_eval_qwen2_5_vl.PruneVidQwen2_5_VL"
+# lmms-eval model id -> the chat class, imported only when lmms-eval resolves that id.
+CHAT_CLASSES = {
+    MODEL_ID: "prunevid.integrations.lmms_eval_qwen2_5_vl.PruneVidQwen2_5_VL",
+    "prunevid_qwen3_vl": "prunevid.integrations.lmms_eval_qwen3_vl.PruneVidQwen3_VL",
+}
 # Every PruneVidConfig field, by name, with its default (its type decides how a string is read).
 CONFIG_FIELDS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(PruneVidConfig)}
 _NONE_WORDS = ("none", "null", "auto")
 
 
 def manifests() -> list[Any]:
-    """The ``lmms_eval.models`` entry point: one chat-model manifest for :data:`MODEL_ID`.
+    """The ``lmms_eval.models`` entry point: one chat-model manifest per id of :data:`CHAT_CLASSES`.
 
     Returns:
-        ``[lmms_eval.models.registry_v2.ModelManifest]``.
+        ``[lmms_eval.models.registry_v2.ModelManifest, ...]``.
     """
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return [ModelManifest(model_id=MODEL_ID, chat_class_path=CHAT_CLASS_PATH)]
+    return [ModelManifest(model_id=name, chat_class_path=path) for name, path in CHAT_CLASSES.items()]
 
 
 def _read_value(name: str, value: Any) -> Any:
