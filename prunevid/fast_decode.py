@@ -525,6 +525,12 @@ def _check_supported(model: nn.Module, generation_config: Any, synced_gpus: bool
             f"fast decode supports {SUPPORTED_MODEL_TYPES} (checked against the eager decode); this model is "
             f"{model_type!r}: use fast_decode=False"
         )
+    device_map = getattr(model, "hf_device_map", None) or {}
+    if len({str(device) for device in device_map.values()}) > 1:
+        raise ValueError(
+            "fast decode needs the whole model on one device (its decode step is one CUDA graph); this model "
+            f"is spread over {sorted({str(d) for d in device_map.values()})}: use fast_decode=False"
+        )
     text_config = model.model.language_model.config
     if getattr(text_config, "use_sliding_window", False):
         raise ValueError("fast decode does not support Qwen2.5-VL with sliding-window attention layers")

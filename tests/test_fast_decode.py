@@ -201,3 +201,15 @@ def test_compiled_step_gives_the_same_tokens(stock_models: dict[str, Any], promp
         compiled = fast_decode.generate(model, **inputs, max_new_tokens=6, do_sample=False, compile_step=True)
     assert torch.equal(compiled, stock)
     fast_decode.release(model)
+
+
+def test_a_model_spread_over_devices_is_refused(
+    stock_models: dict[str, Any], prompts: dict[str, Any]
+) -> None:
+    model = stock_models["sdpa"]
+    model.hf_device_map = {"model.visual": 0, "model.language_model": 1}
+    try:
+        with pytest.raises(ValueError, match="one device"):
+            fast_decode.generate(model, **prompts["single"], max_new_tokens=3)
+    finally:
+        del model.hf_device_map
