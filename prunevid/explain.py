@@ -12,13 +12,15 @@ draws, for every video:
 - optionally an MP4 of the same overlay at the sampled frame rate (methods side by side in each frame);
 - the counts per token frame and stage, in ``explain.json``.
 
-The model family only decides where a video's tokens are in the prompt and their grid; that is read by one
-function per family (:data:`GRID_READERS`). Everything else works on :class:`VideoTokens` and the stats'
-``merged_into`` / ``kept_indices`` (prompt positions), whatever the family.
+The model family only decides where a video's tokens are in the prompt and their grid
+(:func:`read_video_tokens`: one run of video tokens per video, or one run per frame group for Qwen3-VL).
+Everything else works on :class:`VideoTokens` and the stats' ``merged_into`` / ``kept_indices`` (prompt
+positions), whatever the family.
 
-Qwen2.5-VL: a temporal token covers 2 sampled frames and a ``28 x 28`` pixel cell (14-pixel patches merged
-2x2), so both frames of a pair show the same tokens; the grid is ``video_grid_thw`` with ``h`` and ``w``
-divided by the spatial merge size.
+A temporal token covers 2 sampled frames (``temporal_patch_size``), so both frames of a pair show the same
+tokens; the grid is the processor's ``video_grid_thw`` with ``h`` and ``w`` divided by the spatial merge
+size: cells of ``28 x 28`` pixels for Qwen2/2.5-VL, ``32 x 32`` for Qwen3-VL (frames the processor resized
+are split into the grid's cells as evenly as their pixels allow).
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ if TYPE_CHECKING:  # torch, transformers and Pillow load when a function needs t
 
 __all__ = [
     "DROPPED",
-    "GRID_READERS",
     "KEPT",
     "MERGED",
     "Explanation",
@@ -55,6 +56,7 @@ __all__ = [
     "explain",
     "overlay_frame",
     "read_video_tokens",
+    "video_token_runs",
     "token_map",
 ]
 
@@ -81,7 +83,7 @@ class VideoTokens:
     Attributes:
         grid: ``(T', h', w')``: token frames and token rows and columns of each.
         positions: ``int64 [T' * h' * w']`` prompt position of each token, in grid order (t, row, col).
-        frames_per_step: sampled frames one token frame covers (2 for Qwen2.5-VL).
+        frames_per_step: sampled frames one token frame covers (``temporal_patch_size``: 2).
     """
 
     grid: tuple[int, int, int]
@@ -146,33 +148,34 @@ def video_token_runs(
     return out
 
 
-# model_type -> reader: (model.config, processor outputs) -> per sample, per video, its VideoTokens.
-# Another Qwen VL family adds one line: Qwen2-VL as Qwen2.5-VL, Qwen3-VL with frame_groups=True.
-GRID_READERS: dict[str, Callable[[Any, Any], list[list[VideoTokens]]]] = {
-    "qwen2_5_vl": video_token_runs,
-}
-
-
 def read_video_tokens(model_config: Any, inputs: Any) -> list[list[VideoTokens]]:
-    """Where every video's tokens are in a batch of processor outputs.
+    """Where every video's tokens are in a batch of processor outputs, by the model family's layout.
+
+    The family (:data:`prunevid.models.registry.FAMILIES`, by ``model_config.model_type``) says whether a
+    video is one run of video tokens (Qwen2-VL, Qwen2.5-VL) or one run per frame group (Qwen3-VL,
+    ``Family.frame_groups``); :func:`video_token_runs` reads either. A family with another layout would
+    add its reader here, and nothing else in this module changes.
 
     Args:
-        model_config: the model's config (``model.config``); its ``model_type`` picks the reader.
+        model_config: the model's config (``model.config``).
         inputs: the processor's outputs (``input_ids [B, L]``, ``video_grid_thw [V, 3]``...).
 
     Returns:
         Per sample, per video in prompt order, its :class:`VideoTokens`.
 
     Raises:
-        ValueError: a model family without a reader, or inputs that do not match their grids.
+        ValueError: an unsupported model family, or inputs that do not match their grids.
     """
-    reader = GRID_READERS.get(getattr(model_config, "model_type", None))
-    if reader is None:
+    from prunevid.models.registry import FAMILIES
+
+    model_type = getattr(model_config, "model_type", None)
+    family = FAMILIES.get(model_type)
+    if family is None:
         raise ValueError(
-            f"explain cannot read the video token grid of a {model_config.model_type!r} model; "
-            f"supported: {', '.join(GRID_READERS)}"
+            f"explain cannot read the video token grid of a {model_type!r} model; "
+            f"supported: {', '.join(FAMILIES)}"
         )
-    return reader(model_config, inputs)
+    return video_token_runs(model_config, inputs, frame_groups=family.frame_groups)
 
 
 def _to_numpy(value: Any) -> Any:
@@ -282,7 +285,7 @@ def representative_colour(index: int) -> tuple[int, int, int]:
 
 def cell_index(height: int, width: int, rows: int, columns: int) -> np.ndarray:
     """``int64 [height, width]``: the token cell (``row * columns + col``) each pixel of a frame lies in,
-    cells split as evenly as the pixel counts allow (exactly 28 pixels a side for Qwen2.5-VL's frames)."""
+    cells split as evenly as the pixel counts allow (exactly 28 or 32 pixels a side for unresized frames)."""
     row_of = (np.arange(height) * rows) // height
     col_of = (np.arange(width) * columns) // width
     return row_of[:, None] * columns + col_of[None, :]
@@ -599,30 +602,25 @@ def build_video_inputs(
     """One conversation with every clip then the question, as processor outputs (batch 1).
 
     One clip: exactly :func:`prunevid.prompt.build_inputs`. Several: the same chat template and processor
-    options, the videos one after another in the user turn.
+    options (:func:`prunevid.prompt.video_kwargs`), the videos one after another in the user turn.
 
     Returns:
         The processor's ``BatchFeature``: ``input_ids [1, L]``, ``pixel_values_videos``,
         ``video_grid_thw [V, 3]``...
     """
-    from prunevid import prompt
+    from prunevid.prompt import build_inputs, build_messages, video_kwargs
 
     if len(clips) == 1:
-        return prompt.build_inputs(processor, clips[0], question, system_prompt=system_prompt)
-    for i, clip in enumerate(clips):
-        prompt._check_clip(clip, i)
+        return build_inputs(processor, clips[0], question, system_prompt=system_prompt)
     if not isinstance(question, str) or not question.strip():
         raise ValueError("the question must be a non-empty string: PruneVid selects tokens by the question")
-    messages = prompt.build_messages(question, system_prompt=system_prompt)
+    for i, clip in enumerate(clips):
+        if not isinstance(clip, VideoClip):
+            raise TypeError(f"clip {i}: expected a VideoClip, got {type(clip).__name__}")
+    messages = build_messages(question, system_prompt=system_prompt)
     messages[-1]["content"] = [*({"type": "video"} for _ in clips), {"type": "text", "text": question}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    kwargs: dict[str, Any] = {"do_sample_frames": False}
-    if hasattr(processor.video_processor, "cap_pixels_per_frame"):
-        kwargs["cap_pixels_per_frame"] = False
-    if prompt._TRANSFORMERS_MAJOR >= 5:
-        kwargs["video_metadata"] = [prompt._clip_timeline_metadata(c) for c in clips]
-    else:
-        kwargs["fps"] = [float(c.sampled_fps) for c in clips]
+    kwargs = video_kwargs(processor, clips)  # each family's timing, as build_inputs passes it
     return processor(text=[text], videos=[c.frames for c in clips], return_tensors="pt", **kwargs)
 
 
@@ -630,7 +628,7 @@ def _run_method(model: Any, inputs: Any, max_new_tokens: int, processor: Any) ->
     """generate() with the attached pruner: ``(answer, stats of the prefill)``."""
     import torch
 
-    from prunevid.qwen2_5_vl import pruner_of
+    from prunevid.models import pruner_of
 
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
@@ -667,9 +665,9 @@ def explain(
     pruner's statistics of the prefill give each video token's fate (:func:`token_map`).
 
     Args:
-        model: a supported model (Qwen2.5-VL). With ``methods=None`` the pruner attached to it is used
-            (:func:`prunevid.load` attaches one); otherwise no pruner may be attached: each method is
-            attached in turn and detached after.
+        model: a supported model (Qwen2.5-VL, Qwen2-VL, Qwen3-VL, Qwen3-VL-MoE). With ``methods=None`` the
+            pruner attached to it is used (:func:`prunevid.load` attaches one); otherwise no pruner may be
+            attached: each method is attached in turn and detached after.
         processor: its processor.
         videos: one video (file, frame folder, or :class:`VideoClip`) or several, all in one prompt.
         question: asked after the videos in one user turn.
@@ -696,7 +694,7 @@ def explain(
             match, a pruner attached while ``methods`` is given (or none attached without it), bad frames.
         FileNotFoundError / RuntimeError: a video that does not exist or does not decode.
     """
-    from prunevid.qwen2_5_vl import attach, pruner_of
+    from prunevid.models import attach, pruner_of
     from prunevid.reference_methods import METHODS, reference_config
 
     if not isinstance(question, str) or not question.strip():

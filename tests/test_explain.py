@@ -155,7 +155,9 @@ def test_an_unknown_model_family_names_the_supported_ones() -> None:
     class Config:
         model_type = "llava"
 
-    with pytest.raises(ValueError, match="grid of a 'llava' model; supported: qwen2_5_vl"):
+    with pytest.raises(
+        ValueError, match="grid of a 'llava' model; supported: qwen2_5_vl, qwen2_vl, qwen3_vl"
+    ):
         read_video_tokens(Config(), {})
 
 
@@ -182,14 +184,18 @@ def stock_tiny(tiny_model: Any) -> Any:
         pruner.detach()
 
 
-def _video_starts(model: Any, processor: Any, explanation: Any) -> list[int]:
-    """First prompt position of each video's tokens, read from the prompt itself."""
+def _video_positions(model: Any, processor: Any, explanation: Any) -> list[np.ndarray]:
+    """Prompt positions of each video's tokens in grid order, read from the prompt itself: a prompt's video
+    tokens, in order, are its videos' tokens in grid order on every family (Qwen3-VL's timestamps between
+    frame groups are text)."""
     inputs = explain_module.build_video_inputs(processor, explanation.clips, explanation.question)
-    is_video = (inputs["input_ids"][0] == model.config.video_token_id).int().tolist()
-    return [i for i in range(len(is_video)) if is_video[i] and (i == 0 or not is_video[i - 1])]
+    positions = np.flatnonzero(inputs["input_ids"][0].numpy() == model.config.video_token_id)
+    sizes = [int(np.prod(tokens.grid)) for tokens in explanation.methods[0].token_maps]
+    assert sum(sizes) == len(positions)
+    return np.split(positions, np.cumsum(sizes)[:-1])
 
 
-def _check_against_stats(explanation: Any, record: dict, starts: list[int]) -> None:
+def _check_against_stats(explanation: Any, record: dict, positions: list[np.ndarray]) -> None:
     """Overlays, JSON counts and the pruner's stats agree, per method, video and token frame."""
     for method in explanation.methods:
         videos = method.stats.samples[0].videos
@@ -202,20 +208,23 @@ def _check_against_stats(explanation: Any, record: dict, starts: list[int]) -> N
             assert sum(f["after_stage2"] for f in saved["token_frames"]) == stats.tokens_after_stage2
             assert sum(f["after_stage1"] for f in saved["token_frames"]) == stats.tokens_after_stage1
             frames_t, rows, columns = tokens.grid
-            start = starts[v]
+            grid_index = {int(p): i for i, p in enumerate(positions[v])}
+            kept = {grid_index[p] for p in stats.kept_indices}
             drawn = overlay_frames(clip.frames, tokens)
             for f in range(len(clip.frames)):
                 t = f // 2
                 bright = bright_cells(clip.frames[f], drawn[f], rows, columns)
-                # The kept prompt positions of this token frame, on the grid.
-                expected = np.zeros(rows * columns, dtype=bool)
-                for position in stats.kept_indices:
-                    index = position - start - t * rows * columns
-                    if 0 <= index < rows * columns:
-                        expected[index] = True
+                expected = np.array([t * rows * columns + i in kept for i in range(rows * columns)])
                 assert np.array_equal(bright.reshape(-1), expected)
                 assert int(bright.sum()) == saved["token_frames"][t]["after_stage2"]
                 assert f in saved["token_frames"][t]["frames"]
+
+
+def _mid_tones(clip: Any) -> Any:
+    """The clip with pixels in 40..215: a tint (a channel at 255) or a dimmed cell never equals the frame."""
+    return type(clip)(
+        np.clip(clip.frames, 40, 215), clip.source_fps, clip.total_num_frames, clip.frame_indices
+    )
 
 
 def test_explain_draws_what_the_stats_say(
@@ -239,7 +248,7 @@ def test_explain_draws_what_the_stats_say(
     assert pruner_of(stock_tiny) is None  # each method was detached after its run
     record = json.loads((tmp_path / "out" / "explain.json").read_text())
     assert list(record["methods"]) == ["paper", "random", "stage1_only"]
-    _check_against_stats(result, record, _video_starts(stock_tiny, tiny_processor, result))
+    _check_against_stats(result, record, _video_positions(stock_tiny, tiny_processor, result))
     paper, random = result.methods[0].stats, result.methods[1].stats
     assert 0 < paper.retention < 1
     # random ran at the retention paper reached on this prompt.
@@ -260,10 +269,7 @@ def test_two_videos_in_one_prompt_get_one_sheet_each(
 ) -> None:
     first = make_video_clip(8, 112, 112, seed=1)
     second = make_video_clip(4, 56, 84, seed=2)
-    clips = [
-        type(c)(np.clip(c.frames, 40, 215), c.source_fps, c.total_num_frames, c.frame_indices)
-        for c in (first, second)
-    ]
+    clips = [_mid_tones(first), _mid_tones(second)]
     result = prunevid.explain(
         stock_tiny,
         tiny_processor,
@@ -277,7 +283,33 @@ def test_two_videos_in_one_prompt_get_one_sheet_each(
     assert [v["token_grid"] for v in record["videos"]] == [[4, 4, 4], [2, 2, 3]]
     assert [p.name for p in result.files["sheets"]] == ["video0.png", "video1.png"]
     assert all(p.is_file() for p in result.files["sheets"])
-    _check_against_stats(result, record, _video_starts(stock_tiny, tiny_processor, result))
+    _check_against_stats(result, record, _video_positions(stock_tiny, tiny_processor, result))
+
+
+def test_every_family(
+    family: str, tiny_family_models: dict, tiny_family_processor: Any, tmp_path: Path
+) -> None:
+    from conftest import family_clip
+
+    model = tiny_family_models["sdpa"]
+    clips = [
+        _mid_tones(family_clip(family, 8, 4, 4, seed=1, scene_cut_at=4)),
+        _mid_tones(family_clip(family, 4, 2, 3)),
+    ]
+    result = prunevid.explain(
+        model,
+        tiny_family_processor,
+        clips,
+        "What moves?",
+        tmp_path,
+        methods=["paper", "evs"],
+        max_new_tokens=1,
+    )
+    assert pruner_of(model) is None
+    record = json.loads((tmp_path / "explain.json").read_text())
+    assert [v["token_grid"] for v in record["videos"]] == [[4, 4, 4], [2, 2, 3]]
+    assert 0 < result.methods[0].stats.retention < 1
+    _check_against_stats(result, record, _video_positions(model, tiny_family_processor, result))
 
 
 def test_explain_uses_the_attached_pruner_or_attaches_each_method(
