@@ -49,7 +49,7 @@ def test_family_is_found_by_model_type(family: str, family_models: dict[str, Any
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-@pytest.mark.parametrize("prompt", ["single", "padded"])
+@pytest.mark.parametrize("prompt", ["single", "padded", "two_videos", "image_video"])
 def test_every_stage_off_and_detach_are_stock(
     family_models: dict[str, Any], family_prompts: dict[str, Any], implementation: str, prompt: str
 ) -> None:
@@ -136,16 +136,26 @@ def _oracle(
     return step_logits, tokens
 
 
-@pytest.mark.parametrize(("stage1", "stage3"), [(True, True), (False, True), (True, False)])
-@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize(
+    ("implementation", "prompt", "stage1", "stage3"),
+    [
+        ("sdpa", "padded", True, True),
+        ("sdpa", "padded", False, True),
+        ("sdpa", "padded", True, False),
+        ("eager", "padded", True, True),
+        ("sdpa", "two_videos", True, True),
+        ("sdpa", "image_video", True, True),
+    ],
+)
 def test_pruned_generate_equals_masked_stock_oracle(
     family_models: dict[str, Any],
     family_prompts: dict[str, Any],
     implementation: str,
+    prompt: str,
     stage1: bool,
     stage3: bool,
 ) -> None:
-    model, eager, inputs = family_models[implementation], family_models["eager"], family_prompts["padded"]
+    model, eager, inputs = family_models[implementation], family_models["eager"], family_prompts[prompt]
     config = PruneVidConfig.preset("paper").replace(enable_stage1=stage1, enable_cache_compression=stage3)
     with attach(model, config) as pruner:
         calls, handle = capture_llm_calls(model)  # after PruneVid's hook: the sequence layers 0..M see
