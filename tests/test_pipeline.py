@@ -166,7 +166,7 @@ def test_video_with_no_text_after_it_skips_stage2(models: dict[str, Any], tiny_p
     with attach(model, PruneVidConfig.preset("stage2_only")) as pruner:
         with torch.no_grad():
             model(**inputs)
-    assert pruner.last_stats.samples[0].stage2_skipped == "no text after the last video"
+    assert pruner.last_stats.samples[0].stage2_skipped == "no question text in the turn of the video"
     assert pruner.last_stats.retention == 1.0
 
 
