@@ -32,12 +32,6 @@ def _device_map(model: torch.nn.Module, embeddings: str, layers: str, root_side:
 
 
 @needs_gpu
-@pytest.mark.skip(
-    reason="lead's issue 13: Stage 1 indexes the position ids (on the device accelerate's root hook moved "
-    "the inputs to) with indices on the embeddings' device; with the two on different devices (inputs on "
-    "the CPU or cuda:1, embeddings on cuda:0, as device_map='auto' can choose) paper raises 'indices "
-    "should be either on cpu or on the same device as the indexed tensor' (measured on the H200s)"
-)
 def test_paper_with_inputs_and_embeddings_on_different_devices(
     tiny_checkpoint: Path, make_video_clip: Callable[..., VideoClip]
 ) -> None:

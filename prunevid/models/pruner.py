@@ -663,14 +663,19 @@ class Pruner:
 
             for video in sample:
                 tokens = video.tokens.to(device)
+                # The positions may sit on another device than the embeddings (accelerate's device maps).
+                position_tokens = video.tokens.to(position_ids.device)
                 # Reference methods (for comparisons) reduce a video their own way, applied the same way.
                 reduce = reduce_video if isinstance(self.config, ReferenceConfig) else merge_video
-                result = reduce(embeds[b, tokens], video.grid, position_ids[-3:, b, tokens], self.config)
+                result = reduce(
+                    embeds[b, tokens], video.grid, position_ids[-3:, b, position_tokens], self.config
+                )
                 representative = result.representative.to(device)
                 frame_index = result.frame_index.to(device)
                 merged_pos = result.positions.to(position_ids)
                 if rows == 4:  # row 0 holds plain text positions; rebuilt below
-                    merged_pos = torch.cat([position_ids[:1, b, tokens[representative]], merged_pos])
+                    first_rows = position_ids[:1, b, position_tokens[representative.to(position_ids.device)]]
+                    merged_pos = torch.cat([first_rows, merged_pos])
                 source_of = result.assignment.to(device)  # -1: a reference method dropped it
                 merged_row = None
                 if visual_mask is not None:
@@ -729,7 +734,7 @@ class Pruner:
         changed["inputs_embeds"] = torch.stack(embeds_rows)
         new_pos = torch.stack(position_rows, dim=1)
         if rows == 4:
-            new_pos[0] = (valid.long().cumsum(-1) - 1).clamp(min=0)
+            new_pos[0] = (valid.long().cumsum(-1) - 1).clamp(min=0).to(new_pos.device)
         changed["position_ids"] = new_pos
         mask = kwargs.get("attention_mask")
         changed["attention_mask"] = None if mask is None and bool(valid.all()) else valid.to(torch.long)
