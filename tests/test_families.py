@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_pruning import mask_pruned_keys
 from transformers.cache_utils import DynamicCache
 
 from prunevid import PruneVidConfig, attach
@@ -88,23 +89,8 @@ def _oracle(
     keep = kept & valid
     visible = {"lower": valid, "upper": keep, "queries": length}
 
-    def hook(index: int) -> Any:
-        def pre(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            keys = visible["upper"] if index > layer else visible["lower"]
-            total, queries = keys.shape[1], visible["queries"]
-            rows = torch.arange(total - queries, total)
-            allowed = (torch.arange(total)[None] <= rows[:, None])[None] & keys[:, None, :]
-            allowed |= (torch.arange(total)[None] == rows[:, None])[None]
-            additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
-            return args, {**kwargs, "attention_mask": additive[:, None]}
-
-        return pre
-
     language_model = eager.model.language_model
-    handles = [
-        block.register_forward_pre_hook(hook(i), with_kwargs=True)
-        for i, block in enumerate(language_model.layers)
-    ]
+    handles = mask_pruned_keys(language_model.layers, layer, visible)
     deepstack = ("visual_pos_masks", "deepstack_visual_embeds")
     extra = {k: llm_call[k] for k in deepstack if llm_call.get(k) is not None}
     cache, step_logits, tokens = DynamicCache(), [], []

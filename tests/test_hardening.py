@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 import transformers
-from test_pruning import capture_llm_inputs, stage1_origins
+from test_pruning import capture_llm_inputs, mask_pruned_keys, stage1_origins
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import DynamicCache
 
@@ -131,23 +131,10 @@ def _masked_conversation(
     ``[V]`` after the prompt and after each chunk's last token."""
     embeds, positions = llm_inputs["inputs_embeds"], llm_inputs["position_ids"][-3:]
     length = embeds.shape[1]
-    keep = torch.tensor([o in kept for o in origin])
-    visible = {"upper": keep, "lower": torch.ones(length, dtype=torch.bool), "queries": length}
+    keep = torch.tensor([[o in kept for o in origin]])
+    visible = {"upper": keep, "lower": torch.ones(1, length, dtype=torch.bool), "queries": length}
 
-    def hook(index: int) -> Any:
-        def pre(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            keys = visible["upper"] if index > layer else visible["lower"]
-            total, queries = len(keys), visible["queries"]
-            rows = torch.arange(total - queries, total)
-            allowed = (torch.arange(total)[None] <= rows[:, None]) & keys[None]
-            allowed |= torch.arange(total)[None] == rows[:, None]
-            additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
-            return args, {**kwargs, "attention_mask": additive[None, None]}
-
-        return pre
-
-    layers = eager.model.language_model.layers
-    handles = [block.register_forward_pre_hook(hook(i), with_kwargs=True) for i, block in enumerate(layers)]
+    handles = mask_pruned_keys(eager.model.language_model.layers, layer, visible)
     cache, logits, next_position = DynamicCache(), [], positions[:, :, -1:] + 1
     try:
         with torch.no_grad():
@@ -159,7 +146,7 @@ def _masked_conversation(
             for chunk in chunks:
                 n = chunk.shape[1]
                 for key in ("lower", "upper"):
-                    visible[key] = torch.cat([visible[key], torch.ones(n, dtype=torch.bool)])
+                    visible[key] = torch.cat([visible[key], torch.ones(1, n, dtype=torch.bool)], dim=1)
                 visible["queries"] = n
                 hidden = eager.model.language_model(
                     inputs_embeds=eager.model.language_model.embed_tokens(chunk),

@@ -63,6 +63,27 @@ def stage1_origins(model: Any, inputs: Any, config: PruneVidConfig) -> list[list
     return origins
 
 
+def mask_pruned_keys(layers: Any, pruning_layer: int, visible: dict) -> list[Any]:
+    """Pre-hooks giving every decoder layer a 4-D additive mask built from ``visible`` when it runs:
+    keys ``visible["lower"]`` (layers ``0..M``) or ``visible["upper"]`` (layers ``> M``), ``[B, S]`` bool,
+    for the last ``visible["queries"]`` rows (causal among them). Returns the hook handles."""
+
+    def mask_hook(index: int) -> Any:
+        def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            keys = visible["upper"] if index > pruning_layer else visible["lower"]
+            queries = visible["queries"]
+            total = keys.shape[1]
+            rows = torch.arange(total - queries, total)
+            allowed = (torch.arange(total)[None, :] <= rows[:, None])[None] & keys[:, None, :]
+            allowed |= torch.arange(total)[None, None, :] == rows[None, :, None]  # finite rows for padding
+            additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+            return args, {**kwargs, "attention_mask": additive[:, None]}
+
+        return hook
+
+    return [layer.register_forward_pre_hook(mask_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+
+
 def oracle(
     eager: Any,
     llm_inputs: dict,
@@ -89,22 +110,7 @@ def oracle(
     layers = eager.model.language_model.layers
     state = {"lower": valid, "upper": keep, "queries": length}
 
-    def mask_hook(index: int) -> Any:
-        def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            keys = state["upper"] if index > pruning_layer else state["lower"]
-            queries = state["queries"]
-            total = keys.shape[1]
-            rows = torch.arange(total - queries, total)
-            allowed = (torch.arange(total)[None, :] <= rows[:, None])[None] & keys[:, None, :]
-            allowed |= torch.arange(total)[None, None, :] == rows[None, :, None]  # finite rows for padding
-            additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
-            return args, {**kwargs, "attention_mask": additive[:, None]}
-
-        return hook
-
-    handles = [
-        layer.register_forward_pre_hook(mask_hook(i), with_kwargs=True) for i, layer in enumerate(layers)
-    ]
+    handles = mask_pruned_keys(layers, pruning_layer, state)
     cache = DynamicCache()
     step_logits, tokens = [], []
     try:
