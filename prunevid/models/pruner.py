@@ -417,23 +417,13 @@ class Pruner:
         return videos
 
     def _new_prefill(self, input_ids: Tensor, videos: list[list[_Video]]) -> _Prefill:
-        batch, length = input_ids.shape
-        stats = PruneStats(
-            samples=[
-                SampleStats(
-                    prompt_length=length,
-                    videos=[
-                        VideoStats(
-                            len(v.tokens), len(v.tokens), len(v.tokens), v.tokens.tolist(), v.tokens.tolist()
-                        )
-                        for v in sample
-                    ],
-                )
-                for sample in videos
-            ],
-            pruning_layer=self.pruning_layer,
+        stats = _unpruned_stats(
+            input_ids.shape[1], [[v.tokens.tolist() for v in sample] for sample in videos]
         )
-        return _Prefill(prompt_length=length, input_ids=input_ids.cpu(), videos=videos, stats=stats)
+        stats.pruning_layer = self.pruning_layer
+        return _Prefill(
+            prompt_length=input_ids.shape[1], input_ids=input_ids.cpu(), videos=videos, stats=stats
+        )
 
     def _not_pruned(self, tokens: Tensor, reason: str | None) -> _Prefill:
         """A prefill left stock (every stage off, or nothing to prune); the statistics say why."""
@@ -1052,13 +1042,25 @@ def _video_spans(input_ids: Tensor, video_token_id: int) -> list[tuple[int, int,
 
 
 def _count_stats(input_ids: Tensor, video_token_id: int) -> PruneStats:
-    """Statistics of a prompt nothing was done to: every video token kept."""
-    videos: list[list[VideoStats]] = [[] for _ in range(input_ids.shape[0])]
+    """Statistics of a prompt nothing was done to, one entry per run of video tokens (no grids read)."""
+    runs: list[list[list[int]]] = [[] for _ in range(input_ids.shape[0])]
     for b, start, end in _video_spans(input_ids, video_token_id):
-        indices = list(range(start, end))
-        videos[b].append(VideoStats(end - start, end - start, end - start, indices, list(indices)))
-    length = input_ids.shape[1]
-    return PruneStats(samples=[SampleStats(prompt_length=length, videos=sample) for sample in videos])
+        runs[b].append(list(range(start, end)))
+    return _unpruned_stats(input_ids.shape[1], runs)
+
+
+def _unpruned_stats(length: int, videos: list[list[list[int]]]) -> PruneStats:
+    """Statistics before any stage ran: ``videos[b]`` lists the prompt positions of each video of sample b,
+    every token kept."""
+    return PruneStats(
+        samples=[
+            SampleStats(
+                prompt_length=length,
+                videos=[VideoStats(len(t), len(t), len(t), list(t), list(t)) for t in sample],
+            )
+            for sample in videos
+        ]
+    )
 
 
 def _question_rows(
