@@ -89,18 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         f"trained on generated clips (default {DEFAULT_MODEL})",
     )
     _add_common(ask_cmd)
-    sampling = ask_cmd.add_mutually_exclusive_group()
-    sampling.add_argument("--fps", type=float, help="frames sampled per second of video (default 2)")
-    sampling.add_argument("--frames", type=int, help="number of frames sampled evenly over the video")
-    ask_cmd.add_argument(
-        "--max-frames", type=int, default=MAX_FRAMES, help=f"at most this many frames (default {MAX_FRAMES})"
-    )
-    ask_cmd.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help=f"pixel budget per frame (default {DEFAULT_MAX_PIXELS}, 448x448)",
-    )
+    _add_frame_options(ask_cmd)
     ask_cmd.add_argument(
         "--fast-decode",
         action="store_true",
@@ -314,15 +303,7 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write OUT/video<i>.mp4: the overlay at the sampled frame rate",
     )
-    sampling = command.add_mutually_exclusive_group()
-    sampling.add_argument("--fps", type=float, help="frames sampled per second of video (default 2)")
-    sampling.add_argument("--frames", type=int, help="number of frames sampled evenly over the video")
-    command.add_argument(
-        "--max-frames", type=int, default=MAX_FRAMES, help=f"at most this many frames (default {MAX_FRAMES})"
-    )
-    command.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget per frame (default 448x448)"
-    )
+    _add_frame_options(command)
     command.add_argument("--max-new-tokens", type=int, default=32)
     command.add_argument("--json", action="store_true", help="print explain.json's record instead of text")
     command.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -389,6 +370,22 @@ def _run_explain(args: argparse.Namespace) -> int:
     files = [*result.files["sheets"], *result.files.get("videos", []), result.files["json"]]
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
+
+
+def _add_frame_options(command: argparse.ArgumentParser) -> None:
+    """How ``ask`` and ``explain`` sample and size a video's frames."""
+    sampling = command.add_mutually_exclusive_group()
+    sampling.add_argument("--fps", type=float, help="frames sampled per second of video (default 2)")
+    sampling.add_argument("--frames", type=int, help="number of frames sampled evenly over the video")
+    command.add_argument(
+        "--max-frames", type=int, default=MAX_FRAMES, help=f"at most this many frames (default {MAX_FRAMES})"
+    )
+    command.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"pixel budget per frame (default {DEFAULT_MAX_PIXELS}, 448x448)",
+    )
 
 
 def _add_common(command: argparse.ArgumentParser) -> None:
