@@ -108,6 +108,22 @@ def _diffs(run: Any, reference: Any) -> list[float]:
     ]
 
 
+def _free_run(run: Any, reference: Any, prompt: int, margins: list[float], name: str) -> dict[str, Any]:
+    """Whether a free (greedy) run took the reference tokens; where not, the first step that differs, the
+    reference's top-2 margin there and the largest logit difference on the steps before (same inputs)."""
+    same = (run.sequences[:, prompt:] == reference.sequences[:, prompt:]).all(0).tolist()
+    first = same.index(False) if False in same else None
+    result: dict[str, Any] = {
+        f"{name}_tokens_equal": bool(torch.equal(run.sequences, reference.sequences)),
+        f"{name}_first_divergence": first,
+    }
+    if first is not None:
+        upto = _diffs(run, reference)[: first + 1]  # steps up to the divergence had the same inputs
+        result[f"{name}_max_abs_logit_diff_up_to_divergence"] = max(upto)
+        result[f"{name}_reference_margin_at_divergence"] = margins[first]
+    return result
+
+
 def correctness(model: nn.Module, cases: dict[str, Any], ids: dict[str, int], tokens: int) -> list[dict]:
     """Part 1 (see the module docstring)."""
     results = []
@@ -121,15 +137,16 @@ def correctness(model: nn.Module, cases: dict[str, Any], ids: dict[str, int], to
                 entry["kept_video_tokens"] = (
                     None if pruner is None else pruner.last_stats.video_tokens_after_stage2
                 )
+                top2 = torch.stack([step.float().topk(2, -1).values for step in reference.logits], 1)
+                margins = (top2[..., 0] - top2[..., 1]).min(0).values.tolist()  # per step, over the batch
                 for mode in ("eager", "graph", "static"):
-                    free = _generate(model, inputs, tokens, ids, mode)
+                    free = _generate(model, inputs, tokens, ids, mode)  # the first call (graph: captures)
                     forced = _generate(model, inputs, tokens, ids, mode, force=reference.sequences)
-                    same = (free.sequences[:, prompt:] == reference.sequences[:, prompt:]).all(0).tolist()
+                    again = _generate(model, inputs, tokens, ids, mode)  # the buffers (and graph) reused
                     chosen = torch.stack([step.float().argmax(-1) for step in forced.logits], 1)
-                    top2 = torch.stack([step.float().topk(2, -1).values for step in reference.logits], 1)
                     entry[mode] = {
-                        "free_run_tokens_equal": bool(torch.equal(free.sequences, reference.sequences)),
-                        "free_run_first_divergence": same.index(False) if False in same else None,
+                        **_free_run(free, reference, prompt, margins, "free_run"),
+                        **_free_run(again, reference, prompt, margins, "second_free_run"),
                         "forced_max_abs_logit_diff_per_step": _diffs(forced, reference),
                         "forced_argmax_agreement": float(
                             (chosen == reference.sequences[:, prompt:].to(chosen.device)).float().mean()
@@ -137,7 +154,7 @@ def correctness(model: nn.Module, cases: dict[str, Any], ids: dict[str, int], to
                     }
                     if mode != "eager":
                         entry[mode]["fast_decode"] = fast_decode.last_stats(model).to_dict()
-                entry["reference_top2_margin_min"] = float((top2[..., 0] - top2[..., 1]).min())
+                entry["reference_top2_margin_min"] = min(margins)
                 entry["logit_std"] = float(reference.logits[0].float().std())
             finally:
                 if pruner is not None:
@@ -150,7 +167,8 @@ def correctness(model: nn.Module, cases: dict[str, Any], ids: dict[str, int], to
                 f"{max(entry['static']['forced_max_abs_logit_diff_per_step']):.4f}; free-run tokens equal: "
                 f"eager {entry['eager']['free_run_tokens_equal']}, "
                 f"graph {entry['graph']['free_run_tokens_equal']} "
-                f"(first divergence {entry['graph']['free_run_first_divergence']}), "
+                f"(first divergence {entry['graph']['free_run_first_divergence']}; second free run equal "
+                f"{entry['graph']['second_free_run_tokens_equal']}), "
                 f"min top-2 margin {entry['reference_top2_margin_min']:.3f}",
                 flush=True,
             )
@@ -435,9 +453,62 @@ def graph_check(model: nn.Module, cases: dict[str, Any], ids: dict[str, int], st
     return results
 
 
+def tiny_families(device: torch.device, dtype: torch.dtype, tokens: int) -> list[dict]:
+    """Part 4: each family's tiny checkpoint on ``device`` in ``dtype``: ``paper`` and stock (no pruner)
+    greedy tokens from the eager decode and from fast decode (CUDA graph where the device has one), on one
+    clip and on a left-padded batch of two; tokens equal, max |logit difference| per run."""
+    from prunevid.tiny import FAMILIES
+
+    results = []
+    for family in FAMILIES:
+        with tempfile.TemporaryDirectory(prefix="prunevid-fd-family-") as tmp:
+            checkpoint = build_tiny_checkpoint(Path(tmp) / family, family=family)
+            processor = AutoProcessor.from_pretrained(checkpoint)
+            config = json.loads((checkpoint / "config.json").read_text())
+        ids = bench_e2e.special_token_ids(processor.tokenizer)
+        model = bench_e2e.build_random_model(config, device, dtype)
+        unit = 32 if family.startswith("qwen3") else 28
+        clips = [bench_e2e.make_benchmark_clip(f, 4 * unit, seed) for f, seed in ((8, 0), (4, 1))]
+        cases = {
+            "single": build_inputs(processor, clips[0], "What moves?").to(device),
+            "padded": build_inputs(processor, clips, ["What moves?", "Which colour?"]).to(device),
+        }
+        for row in ("stock", "paper"):
+            for case, inputs in cases.items():
+                entry: dict[str, Any] = {"family": family, "row": row, "case": case}
+                pruner = attach(model, PRESETS[row]) if row != "stock" else None
+                try:
+                    eager = _generate(model, inputs, tokens, ids, "eager")
+                    graph = _generate(model, inputs, tokens, ids, "graph")
+                    entry["cuda_graph"] = fast_decode.last_stats(model).cuda_graph
+                    entry["tokens_equal"] = bool(torch.equal(graph.sequences, eager.sequences))
+                    entry["max_abs_logit_diff"] = max(_diffs(graph, eager))
+                except Exception as error:
+                    entry["error"] = f"{type(error).__name__}: {str(error)[:500]}"
+                finally:
+                    if pruner is not None:
+                        pruner.detach()
+                print(f"[tiny families] {json.dumps(entry)}", flush=True)
+                results.append(entry)
+        fast_decode.release(model)
+        del model
+    return results
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test on the tiny checkpoint")
+    parser.add_argument(
+        "--family",
+        default="qwen2_5_vl",
+        choices=sorted(bench_e2e.FAMILY_MODELS),
+        help="model family: its published architecture (bench_e2e's) and its tiny local processor",
+    )
+    parser.add_argument(
+        "--tiny-families",
+        action="store_true",
+        help="part 4: every family's tiny checkpoint on the device, graph-replayed decode vs eager",
+    )
     parser.add_argument("--frames", type=int, help="frames of the batch-1 clip (default 32; tiny 8)")
     parser.add_argument("--check-tokens", type=int, default=16, help="forced tokens in the correctness runs")
     parser.add_argument("--steps", type=int, default=30, help="timed decode steps per variant")
@@ -463,13 +534,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     size = 112 if args.tiny else 448
     with tempfile.TemporaryDirectory(prefix="prunevid-fd-") as tmp:
-        checkpoint = build_tiny_checkpoint(Path(tmp) / "tiny")
+        checkpoint = build_tiny_checkpoint(Path(tmp) / "tiny", family=args.family)
         processor = AutoProcessor.from_pretrained(checkpoint)
         ids = bench_e2e.special_token_ids(processor.tokenizer)
+        model_key = bench_e2e.family_model_key(args.family, "7b")
         if args.tiny:
             config = json.loads((checkpoint / "config.json").read_text())
         else:
-            config = {**bench_e2e.PUBLISHED_CONFIGS["7b"], **ids}
+            config = bench_e2e.with_token_ids(bench_e2e.PUBLISHED_CONFIGS[model_key], ids)
         model = bench_e2e.build_random_model(config, device, dtype)
     clips = [
         bench_e2e.make_benchmark_clip(f, size, seed) for f, seed in ((args.frames, 0), (args.frames // 2, 1))
@@ -481,7 +553,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     report: dict[str, Any] = {
         "benchmark": "prunevid fast decode (bench_fast_decode.py)",
-        "model": "tiny" if args.tiny else "qwen2.5-vl-7b (random weights, published architecture)",
+        "model": "tiny" if args.tiny else f"{model_key} (random weights, published architecture)",
+        "family": args.family,
         "dtype": str(dtype).replace("torch.", ""),
         "environment": bench_e2e.environment(device),
         "settings": {
@@ -509,6 +582,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             return report
     report["correctness"] = correctness(model, cases, ids, args.check_tokens)
     save()
+    if args.tiny_families:
+        report["tiny_families"] = tiny_families(device, dtype, args.check_tokens)
+        save()
     try:
         report["profile"] = profile_steps(model, cases, ids, min(args.steps, 10))
     except Exception as error:  # the profile is a diagnosis; keep the timings

@@ -9,12 +9,13 @@ the cache is short and its length is fixed, which is what a static, graph-captur
    (transformers' ``custom_generate`` hook, present in 4.57, 5.17 and 5.24);
 2. :func:`decode` runs the stock prefill (``prepare_inputs_for_generation`` + ``model(...)``; PruneVid's
    hooks prune it as in any generate call) and picks the first token with generate's own processors;
-3. the prefill cache is copied into :class:`StaticRowsCache` buffers of ``rows`` rows per layer (the kept
-   length plus the new tokens, rounded up to :data:`BUCKET_ROWS` so that other videos of a similar length
-   reuse the same buffers and graph); the rows the cache does not hold yet are masked out;
+3. the prefill cache is copied into :class:`StaticRowsCache` buffers of ``rows`` rows per layer: the kept
+   length plus the new tokens rounded up to :data:`BUCKET_ROWS`, or the buffers (and graph) of an earlier
+   call when they have at most :data:`REUSE_SLACK_ROWS` rows more than needed, so that a video of a similar
+   length reuses them; the rows the cache does not hold yet are masked out;
 4. every decode step calls the stock language model and ``lm_head`` with those buffers (the cache object
    implements the one ``Cache`` method the decode path calls, ``update``), a 4-D attention mask built from
-   the pruned cache's valid rows (a mask dict, which every supported version passes to the layers as
+   the pruned cache's valid rows (every supported version and family passes a 4-D mask to the layers as
    is), explicit M-RoPE positions (the unpruned positions ``generate`` would use) and, on 4.57, the
    physical write row as ``cache_position``. On CUDA the step (mask row, forward, ``lm_head``, position and
    row counters) is captured once in a ``torch.cuda.CUDAGraph`` and replayed; on CPU it runs eagerly.
@@ -39,6 +40,7 @@ before the capture (5.7 ms per token, about 47 s once per shape) for long runs o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import time
 import weakref
@@ -52,9 +54,14 @@ import transformers
 from torch import Tensor, nn
 from transformers.cache_utils import Cache
 
+from prunevid.models.registry import SUPPORTED_MODEL_TYPES
+
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
-# Static cache rows are a multiple of this: a video of a similar length reuses the buffers and the graph.
-BUCKET_ROWS = 256
+# New static buffers have a multiple of this many rows (at most BUCKET_ROWS - 1 rows more than needed).
+BUCKET_ROWS = 32
+# A held engine serves a call needing up to this many rows fewer than it has: a video of a similar length
+# reuses its buffers and graph instead of capturing a new one (no new memory either: they are held already).
+REUSE_SLACK_ROWS = 256
 # Static buffers (and graphs) kept per model, least recently used dropped first.
 MAX_ENGINES_PER_MODEL = 2
 # Eager steps run before a capture (cuBLAS workspaces, SDPA kernel choice, lazy initialisation).
@@ -73,7 +80,8 @@ class FastDecodeStats:
     Attributes:
         batch_size: samples decoded together.
         prefill_rows: physical cache rows the prefill left (the kept length after pruning).
-        cache_rows: rows of the static buffers (``prefill_rows`` + new tokens, rounded up to BUCKET_ROWS).
+        cache_rows: rows of the static buffers: ``prefill_rows`` + new tokens rounded up to BUCKET_ROWS, or a
+            held engine's (at most REUSE_SLACK_ROWS more than needed).
         cache_bytes: bytes of the static key and value buffers of all layers.
         cuda_graph: whether decode steps were graph replays (False: eager static steps, e.g. on CPU).
         captured: whether this call built new buffers (and captured a graph); False when it reused them.
@@ -120,7 +128,7 @@ class _Rows:
 class StaticRowsCache(Cache):
     """Fixed key/value buffers that a decode step writes one row into, at the device index ``write_index``.
 
-    Implements what the Qwen2.5-VL decode path calls on a cache when the positions, the mask and (4.57) the
+    Implements what the Qwen VL decode path calls on a cache when the positions, the mask and (4.57) the
     cache position are given explicitly: ``update(key_states, value_states, layer_idx, ...)``, called as
     ``update(k, v, i, cache_kwargs)`` (4.57), ``update(k, v, i)`` (5.17) and ``update(k, v, i, kwargs=...)``
     (5.24). It returns the whole buffers; the attention mask hides the rows not written yet.
@@ -227,7 +235,7 @@ class _Engine:
         with _sdpa_backends(self.key.device):
             output = self.model.model.language_model(
                 input_ids=self.input_ids,
-                attention_mask={name: mask for name in self.layer_types},
+                attention_mask=mask,
                 position_ids=self.positions,
                 use_cache=True,
                 **kwargs,
@@ -279,13 +287,21 @@ class _Engine:
         return self.logits.clone()  # the graph's output is overwritten by the next replay
 
 
-def _engine_for(model: nn.Module, key: _EngineKey) -> tuple[_Engine, float]:
-    """The engine of ``key`` for ``model`` (built, warmed up and captured if new) and the seconds it took."""
+def _engine_for(model: nn.Module, key: _EngineKey, needed_rows: int) -> tuple[_Engine, float]:
+    """An engine for ``model`` with ``key``'s settings and at least ``needed_rows`` rows, and the seconds it
+    took: the held one with the fewest rows in ``[needed_rows, needed_rows + REUSE_SLACK_ROWS]``, else a new
+    one of ``key.rows`` rows (built, warmed up and captured)."""
     engines: OrderedDict = _ENGINES.setdefault(model, OrderedDict())
-    engine = engines.get(key)
-    if engine is not None:
-        engines.move_to_end(key)
-        return engine, 0.0
+    fits = [
+        held
+        for held in engines
+        if held == dataclasses.replace(key, rows=held.rows)
+        and needed_rows <= held.rows <= needed_rows + REUSE_SLACK_ROWS
+    ]
+    if fits:
+        held = min(fits, key=lambda k: k.rows)
+        engines.move_to_end(held)
+        return engines[held], 0.0
     while len(engines) >= MAX_ENGINES_PER_MODEL:
         engines.popitem(last=False)
     started = _clock(key.device)
@@ -334,7 +350,7 @@ def decode(
     Raises:
         ValueError: an option fast decode does not support (beam search, assisted decoding, attentions or
             hidden states in the output, a cache that already holds tokens, use_cache=False, Stage 2
-            without Stage 3, sliding-window attention, a model other than Qwen2.5-VL).
+            without Stage 3, sliding-window attention, a model of another family).
     """
     _check_supported(model, generation_config, synced_gpus, model_kwargs)
     streamer = streamer if streamer is not None else token_streamer
@@ -444,7 +460,8 @@ def _start(
     use_graph = keys0.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
     if use_graph and keys0.device.type != "cuda":
         raise ValueError("cuda_graph=True needs the model on a CUDA device")
-    rows = -(-(prefill_rows + steps_left) // BUCKET_ROWS) * BUCKET_ROWS
+    needed_rows = prefill_rows + steps_left
+    rows = -(-needed_rows // BUCKET_ROWS) * BUCKET_ROWS
     key = _EngineKey(
         batch=batch,
         rows=rows,
@@ -457,8 +474,9 @@ def _start(
         compile_step=bool(compile_step),
         weights=model.lm_head.weight.data_ptr(),
     )
-    engine, build_s = _engine_for(model, key)
+    engine, build_s = _engine_for(model, key, needed_rows)
     engine.load(kv, valid.to(keys0.device), positions.to(keys0.device), tokens)
+    rows = engine.key.rows
     for layer in prefill_cache.layers:  # the rows live in the static buffers now
         layer.keys = layer.keys[..., :0, :].clone()
         layer.values = layer.values[..., :0, :].clone()
@@ -481,13 +499,13 @@ def _decode_start(
     """Validity ``[B, rows]`` bool of the prefill cache rows and M-RoPE positions ``[3, B]`` of the first
     decoded token, as the eager decode of the same cache would use them.
 
-    A cache PruneVid pruned carries its :class:`~prunevid.qwen2_5_vl.CacheLayout` (valid rows, next position).
+    A cache PruneVid pruned carries its :class:`~prunevid.models.CacheLayout` (valid rows, next position).
     Otherwise the rows are the prompt's (valid where its attention mask is 1) and the positions those the
     installed ``generate`` computes: 5.x prepared ``position_ids`` ``[4, B, L]`` (row 0 plain text
     positions) and continues at the last column + 1; 4.57 adds the ``rope_deltas`` the prefill stored to the
     logical cache position ``L``.
     """
-    from prunevid.qwen2_5_vl import cache_layout
+    from prunevid.models import cache_layout
 
     layout = cache_layout(cache)
     if layout is not None:
@@ -515,9 +533,6 @@ def _decode_start(
     return valid, (prompt_length + deltas.reshape(-1)).expand(3, -1).clone()
 
 
-SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
-
-
 def _check_supported(model: nn.Module, generation_config: Any, synced_gpus: bool, model_kwargs: dict) -> None:
     model_type = getattr(model.config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -533,7 +548,7 @@ def _check_supported(model: nn.Module, generation_config: Any, synced_gpus: bool
         )
     text_config = model.model.language_model.config
     if getattr(text_config, "use_sliding_window", False):
-        raise ValueError("fast decode does not support Qwen2.5-VL with sliding-window attention layers")
+        raise ValueError("fast decode does not support sliding-window attention layers")
     if text_config._attn_implementation not in ("sdpa", "eager"):
         raise ValueError(
             f"fast decode supports sdpa and eager attention, not {text_config._attn_implementation!r}"

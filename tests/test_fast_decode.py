@@ -43,7 +43,6 @@ def test_greedy_tokens_equal_the_eager_decode(
     stats = fast_decode.last_stats(model)
     assert stats.batch_size == inputs["input_ids"].shape[0] and not stats.cuda_graph
     assert stats.decode_steps == NEW_TOKENS - 1
-    assert stats.cache_rows % fast_decode.BUCKET_ROWS == 0
     assert stats.cache_rows >= stats.prefill_rows + NEW_TOKENS
     if preset == "baseline":
         assert stats.prefill_rows == inputs["input_ids"].shape[1]
@@ -138,8 +137,51 @@ def test_buffers_are_reused_for_the_same_bucket(
             again = fast_decode.generate(model, **prompts["single"], max_new_tokens=6, do_sample=False)
         reused = fast_decode.last_stats(model)
     assert built.captured and not reused.captured and reused.capture_s == 0.0
-    assert reused.cache_rows == built.cache_rows  # 6 or 10 new tokens: the same bucket
+    assert reused.cache_rows == built.cache_rows  # 6 or 10 new tokens: the same buffers
     assert torch.equal(again, first[:, : again.shape[1]])
+    fast_decode.release(model)
+
+
+def test_new_buffers_are_sized_to_the_bucket_and_larger_held_ones_serve(
+    stock_models: dict[str, Any], prompts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New buffers: the needed rows rounded up to BUCKET_ROWS (not more); a later call needing fewer rows
+    reuses held buffers within REUSE_SLACK_ROWS, one needing far fewer builds its own."""
+    model, inputs = stock_models["sdpa"], prompts["single"]
+    fast_decode.release(model)
+    runs = {}
+    with attach(model, PruneVidConfig.preset("paper")):
+        for new_tokens in (50, 20, 5):
+            out = fast_decode.generate(model, **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+            runs[new_tokens] = (out, fast_decode.last_stats(model))
+            if new_tokens == 50:  # the held buffers have just enough slack for 20 new tokens, not for 5
+                slack = runs[50][1].cache_rows - (runs[50][1].prefill_rows + 20)
+                monkeypatch.setattr(fast_decode, "REUSE_SLACK_ROWS", slack)
+        stock = model.generate(**inputs, max_new_tokens=50, min_new_tokens=50, do_sample=False)
+    prefill = runs[50][1].prefill_rows
+    bucket = fast_decode.BUCKET_ROWS
+    assert runs[50][1].captured and runs[50][1].cache_rows == -(-(prefill + 50) // bucket) * bucket
+    assert not runs[20][1].captured and runs[20][1].cache_rows == runs[50][1].cache_rows
+    assert runs[5][1].captured and runs[5][1].cache_rows == -(-(prefill + 5) // bucket) * bucket
+    for new_tokens, (out, _) in runs.items():  # every buffer size decodes the same tokens
+        assert torch.equal(out, stock[:, : inputs["input_ids"].shape[1] + new_tokens])
+    fast_decode.release(model)
+
+
+@pytest.mark.parametrize("preset", ["baseline", "paper"])
+def test_every_family_decodes_the_eager_tokens(
+    tiny_family_models: dict[str, Any], family_prompts: dict[str, Any], preset: str
+) -> None:
+    """Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE: padded batches and an image plus a video."""
+    kwargs = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    model = tiny_family_models["sdpa"]
+    for prompt in ("padded", "image_video"):
+        with attach(model, PruneVidConfig.preset(preset)):
+            stock = model.generate(**family_prompts[prompt], **kwargs)
+            fast = fast_decode.generate(model, **family_prompts[prompt], **kwargs)
+        assert torch.equal(fast.sequences, stock.sequences)
+        for ours, theirs in zip(fast.logits, stock.logits, strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     fast_decode.release(model)
 
 
