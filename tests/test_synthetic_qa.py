@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -194,6 +195,141 @@ def test_read_synthetic_errors(tmp_path: Path) -> None:
     (tmp_path / "synthetic.json").write_text('{"samples": 3}')
     with pytest.raises(ValueError, match="samples"):
         read_synthetic(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Regimes
+
+
+def _digest(samples: list[qa.QASample]) -> str:
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(sample.frames.tobytes())
+        digest.update(repr((sample.question, sample.options, sample.answer, sample.question_type)).encode())
+    return digest.hexdigest()
+
+
+def test_original_regime_is_unchanged() -> None:
+    # Digests computed on main before the realistic regime was added (commit e7848f7): the committed
+    # held-out set and the shipped model's training stream stay bit for bit the same.
+    held_out = [qa.make_sample(qa.EVAL_SEED, i) for i in (0, 1, 2, 3, 4, 5, 7, 23)]
+    assert _digest(held_out) == "a931e816197a1bdaee09754cf5e45183a86006161b05e9e5245838e47ea227ad"
+    small = [qa.make_sample(3, i, size=112, num_frames=8) for i in range(6)]
+    assert _digest(small) == "0e2a25748da4556bc47fbfb02c71b9bf09135ee6cdcaed1aa97df2ae1d63b06c"
+    explicit = [qa.make_sample(qa.EVAL_SEED, i, regime="original") for i in (0, 1, 2, 3, 4, 5, 7, 23)]
+    assert _digest(explicit) == _digest(held_out)
+
+
+def test_realistic_regime_sizes_tokens_and_determinism() -> None:
+    buffer = np.empty((32, 448, 448, 3), np.uint8)
+    for index in range(6):  # one of each question type
+        sample = qa.make_sample(3, index, regime="realistic")
+        assert sample.frames.shape == (32, 448, 448, 3) and sample.frames.dtype == np.uint8
+        assert sample.clip.sampled_fps == qa.FPS and list(sample.clip.frame_indices) == list(range(32))
+        t, s = sample.frames.shape[:2]
+        assert (t // 2) * (s // 28) ** 2 == 4096  # video tokens of Qwen2.5-VL (14 px patches, 2x2 merge)
+        assert sample.scene.regime == "realistic" and sample.question_type == qa.QUESTION_TYPES[index]
+        assert all(56 <= o.size <= 112 for o in sample.scene.shapes)
+        again = qa.make_sample(3, index, regime="realistic", out=buffer)
+        assert again.frames is buffer and np.array_equal(again.frames, sample.frames)
+        assert (again.question, again.options, again.answer) == (
+            sample.question,
+            sample.options,
+            sample.answer,
+        )
+        qa.check_answerable(again)
+    # Not the original regime's clip of the same index.
+    assert qa.make_sample(3, 0).frames.shape == (16, 224, 224, 3)
+
+
+def test_realistic_regime_is_balanced_and_answerable_at_test_sizes() -> None:
+    samples = [qa.make_sample(13, i, regime="realistic", size=112, num_frames=24) for i in range(48)]
+    pairs = collections.Counter((s.question_type, s.answer) for s in samples)
+    assert set(pairs.values()) == {2} and len(pairs) == 24
+    for sample in samples:
+        qa.check_answerable(sample)
+        for obj in sample.scene.shapes:  # every state lasts at least 3 frame pairs
+            assert obj.off - obj.on >= 6
+            if obj.change_at is not None:
+                assert obj.change_at - obj.on >= 6 and obj.off - obj.change_at >= 6
+    events = [s for s in samples if s.question_type in ("order", "end")]
+    assert any(s.scene.cut is not None for s in events) and all(len(s.events) == 4 for s in events)
+    with pytest.raises(ValueError, match="realistic regime"):
+        qa.make_sample(1, 0, regime="realistic", num_frames=16)
+    with pytest.raises(ValueError, match="unknown regime"):
+        qa.make_sample(1, 0, regime="real")
+
+
+def test_check_answerable_catches_a_state_too_short_for_the_realistic_regime() -> None:
+    sample = qa.make_sample(4, 3, regime="realistic", size=112, num_frames=24)  # a count question
+    qa.check_answerable(sample)
+    obj = sample.scene.shapes[0]
+    unused = next(c for c in qa.COLOURS if c not in {o.colour for o in sample.scene.shapes})
+    obj.colour2, obj.change_at = unused, 20  # its second colour would last 4 frames of 24
+    with pytest.raises(AssertionError, match="changes within 6 frames"):
+        qa.check_answerable(sample)
+
+
+def test_panning_backgrounds_move_and_static_ones_do_not() -> None:
+    samples = [qa.make_sample(17, i, regime="realistic", size=224, num_frames=24) for i in range(0, 36, 6)]
+    panning = [s for s in samples if s.scene.cut is None and s.scene.pan(0) != (0.0, 0.0)]
+    static = [s for s in samples if s.scene.cut is None and s.scene.pan(0) == (0.0, 0.0)]
+    assert panning and static
+    for sample in panning + static:
+        frames, ids, scene = sample.frames, qa.object_map(sample.scene), sample.scene
+        background = (ids[0] < 0) & (ids[-1] < 0)
+        y0, x0 = scene.background_offset(0, 0)
+        y1, x1 = scene.background_offset(0, scene.num_frames - 1)
+        moved = abs(y1 - y0) + abs(x1 - x0)
+        if sample in static:
+            assert moved == 0 and np.array_equal(frames[0][background], frames[-1][background])
+            continue
+        assert moved >= 20  # 1-3 px per frame over 23 frames
+        assert not np.array_equal(frames[0][background], frames[-1][background])
+        # The last frame shows the first frame's canvas shifted by the offsets: compare where both
+        # frames show background and the shifted window overlaps.
+        dy, dx = y1 - y0, x1 - x0
+        size = scene.size
+        last = frames[-1][max(0, -dy) : size - max(0, dy), max(0, -dx) : size - max(0, dx)]
+        first = frames[0][max(0, dy) : size - max(0, -dy), max(0, dx) : size - max(0, -dx)]
+        shown = (ids[-1] < 0)[max(0, -dy) : size - max(0, dy), max(0, -dx) : size - max(0, dx)]
+        shown &= (ids[0] < 0)[max(0, dy) : size - max(0, -dy), max(0, dx) : size - max(0, -dx)]
+        assert shown.sum() > 0.3 * size * size and np.array_equal(last[shown], first[shown])
+
+
+def test_cell_counts_match_the_object_map() -> None:
+    for regime, size, frames in (("original", 112, 8), ("realistic", 112, 24)):
+        for index in range(6):
+            scene = qa.make_sample(19, index, regime=regime, size=size, num_frames=frames).scene
+            ids = qa.object_map(scene).reshape(frames, size // 28, 28, size // 28, 28)
+            expected = np.stack([(ids == k).sum((2, 4)) for k in range(len(scene.shapes))])
+            assert np.array_equal(qa.cell_counts(scene), expected)
+
+
+def test_eval_sets_of_the_two_regimes_never_mix(tmp_path: Path) -> None:
+    realistic = tmp_path / "realistic"
+    qa.write_eval_set(realistic, 2, seed=5, regime="realistic", size=112, num_frames=24, workers=1)
+    index = json.loads((realistic / qa.INDEX_FILE).read_text())
+    assert (index["regime"], index["seed"], index["size"], index["num_frames"]) == ("realistic", 5, 112, 24)
+    samples = read_benchmark("synthetic", realistic)
+    assert [s.id for s in samples] == ["5-0", "5-1"]
+    assert load_video(str(samples[0].video), num_frames=24).frames.shape == (24, 112, 112, 3)
+    with pytest.raises(ValueError, match="realistic regime's synthetic set, not the original"):
+        qa.write_eval_set(realistic, 3, seed=5, size=112, num_frames=24, workers=1)
+    with pytest.raises(ValueError, match="--regime realistic"):
+        qa.check_eval_set(realistic, "original")
+    with pytest.raises(ValueError, match="not of seed 6"):
+        qa.check_eval_set(realistic, "realistic", seed=6)
+    qa.check_eval_set(realistic, "realistic", seed=5)
+    qa.check_eval_set(tmp_path / "empty", "realistic")  # nothing written yet: nothing to mix
+    # An index written before regimes existed (no "regime" key) holds the original regime.
+    original = qa.write_eval_set(tmp_path / "original", 1, seed=5, workers=1, **SMALL)
+    index = json.loads((original / qa.INDEX_FILE).read_text())
+    del index["regime"]
+    (original / qa.INDEX_FILE).write_text(json.dumps(index))
+    qa.check_eval_set(original, "original", seed=5)
+    with pytest.raises(ValueError, match="original regime's synthetic set, not the realistic"):
+        qa.write_eval_set(original, 2, seed=5, regime="realistic", size=112, num_frames=24, workers=1)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -531,3 +667,27 @@ def test_eval_synthetic_reproduces_the_committed_answers(tmp_path: Path) -> None
             (r for r in rows if r["preset"] == preset), key=lambda r: int(r["id"].rsplit("-", 1)[1])
         )
         assert "".join(r["prediction"] or "-" for r in mine) == committed["answers"][preset][:6], preset
+
+
+def test_realistic_training_stream_and_arguments(files: Path, script: ModuleType) -> None:
+    from tokenizers import Tokenizer
+
+    args = script.parse_args(["--regime", "realistic", "--out", "unused"])
+    assert (args.size, args.frames, args.eval_seed) == (448, 32, script.REALISTIC_PROGRESS_SEED)
+    assert args.eval_seed not in (7002, 20_261_130)  # the accuracy protocol's seeds are never scored
+    smoke = script.parse_args(["--regime", "realistic", "--smoke", "--out", "unused"])
+    assert (smoke.size, smoke.frames) == (112, 24)
+    assert script.parse_args(["--out", "unused"]).eval_seed == qa.EVAL_SEED
+    with pytest.raises(SystemExit):
+        script.parse_args(["--regime", "realistic", "--frames", "16", "--out", "unused"])
+
+    tokenizer = Tokenizer.from_file(str(files / "tokenizer.json"))
+    stream = script.TrainStream(3, 4, 112, 24, str(files / "tokenizer.json"), 0.0, regime="realistic")
+    batch = stream.batch(0, tokenizer)
+    assert batch["frames"].shape == (4, 24, 112, 112, 3) and batch["token_labels"].shape == (4, 12, 4, 4, 3)
+    rng = np.random.default_rng([3, 0])
+    first = qa.make_sample(
+        3, int(rng.integers(0, 2**62, size=4)[0]), regime="realistic", size=112, num_frames=24
+    )
+    assert torch.equal(batch["frames"][0], torch.from_numpy(first.frames))
+    assert torch.equal(batch["token_labels"][0], torch.from_numpy(script.token_targets(first.scene)))
