@@ -26,8 +26,10 @@ from prunevid.video import DEFAULT_MAX_PIXELS, MAX_FRAMES, FrameSamplingWarning
 if TYPE_CHECKING:
     from prunevid.video import VideoClip
 
-# Where `prunevid eval synthetic` writes the held-out set when no --data is given.
+# Where `prunevid eval synthetic` writes the held-out set when no --data is given (the original regime's
+# default seed; other regimes and seeds get their own folders: _synthetic_data_folder).
 SYNTHETIC_DATA = Path("prunevid-eval") / "synthetic-data"
+SYNTHETIC_REGIMES = ("original", "realistic")  # prunevid.synthetic_qa.REGIMES
 # Values of modules that import torch, restated for the help text (tests/test_cli.py checks they agree).
 REFERENCE_METHODS = ("random", "uniform_frames", "evs", "fastv")  # prunevid.reference_methods.METHODS
 EVAL_DEFAULT_FRAMES = 32  # prunevid.evaluation.DEFAULT_FRAMES
@@ -130,12 +132,27 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         "--data",
         type=Path,
         help="the benchmark's folder, as downloaded from the hub (synthetic: what the run needs is written "
-        f"there; default {SYNTHETIC_DATA})",
+        f"there; default {SYNTHETIC_DATA}, or prunevid-eval/synthetic-realistic-data for --regime realistic)",
+    )
+    command.add_argument(
+        "--regime",
+        choices=SYNTHETIC_REGIMES,
+        default="original",
+        help="synthetic only: original (224x224x16 clips, 512 video tokens) or realistic (448x448x32, 4096 "
+        "video tokens, panning backgrounds); each regime has its own held-out set and bundled model",
+    )
+    command.add_argument(
+        "--seed",
+        type=int,
+        help="synthetic only: the generator stream of the held-out set (default: the regime's held-out "
+        "seed, 20261127 original, 20261130 realistic)",
     )
     command.add_argument(
         "--model",
         help=f"hub id, local checkpoint folder or {BUNDLED!r} (default {DEFAULT_MODEL}; for synthetic, "
-        "the bundled small model trained on it)",
+        "the bundled small model trained on the regime: prunevid/data/synthetic-model or "
+        "synthetic-model-realistic, whose sibling synthetic-model-realistic-dropout was trained with token "
+        "dropout)",
     )
     command.add_argument(
         "--presets",
@@ -213,21 +230,35 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--data is required for {args.benchmark}: the benchmark's downloaded folder")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    data = args.data or SYNTHETIC_DATA
+    if not synthetic and (args.regime != "original" or args.seed is not None):
+        raise ValueError(
+            f"--regime and --seed choose the synthetic benchmark's questions, not {args.benchmark}'s"
+        )
+    regime = synthetic_qa.REGIMES[args.regime]
+    seed = regime.eval_seed if args.seed is None else args.seed
+    data = args.data or _synthetic_data_folder(args.regime, seed, regime.eval_seed)
+    if synthetic and args.data is not None:  # a folder of the other regime (or another --seed) is refused
+        synthetic_qa.check_eval_set(data, args.regime, args.seed)
     rank, world_size, local_rank = init_distributed()  # one process per GPU under torchrun / accelerate
     writes = synthetic and (args.data is None or not (data / synthetic_qa.INDEX_FILE).is_file())
     if writes and rank == 0:  # one writer; the other ranks wait below
         # Only the questions this run asks (the first N: --limit takes them in order over the types); the
         # default folder grows as later runs ask for more. A --data folder that holds a set is used as is.
         wanted = min(args.limit or SYNTHETIC_HELD_OUT, SYNTHETIC_HELD_OUT)
-        synthetic_qa.write_eval_set(data, wanted, progress=True)
+        synthetic_qa.write_eval_set(data, wanted, seed, progress=True, regime=args.regime)
     if world_size > 1:
         torch.distributed.barrier()
+    bundled = synthetic_qa.MODEL_DIR_REALISTIC if args.regime == "realistic" else synthetic_qa.MODEL_DIR
     model_id = (
-        _model_path(args.model) if args.model else (synthetic_qa.MODEL_DIR if synthetic else DEFAULT_MODEL)
+        (bundled if args.model == BUNDLED else _model_path(args.model))
+        if args.model
+        else (bundled if synthetic else DEFAULT_MODEL)
     )
     samples = read_benchmark(args.benchmark, data)  # bad data fails before the model loads
-    out = args.out or Path("prunevid-eval") / f"{args.benchmark}-{Path(str(model_id).rstrip('/')).name}"
+    # The realistic regime's rows are labelled apart, so a run folder never mixes the two regimes.
+    label = "synthetic-realistic" if synthetic and args.regime == "realistic" else args.benchmark
+    suffix = f"-seed{seed}" if synthetic and seed != regime.eval_seed else ""
+    out = args.out or Path("prunevid-eval") / f"{label}-{Path(str(model_id).rstrip('/')).name}{suffix}"
     kwargs: dict = {"device_map": "auto"} if torch.cuda.is_available() else {}
     if world_size > 1 and torch.cuda.is_available():
         kwargs["device_map"] = {"": local_rank}
@@ -242,7 +273,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         processor,
         samples,
         out,
-        benchmark=args.benchmark,
+        benchmark=label,
         fps=args.fps,
         num_frames=args.frames,
         max_pixels=args.max_pixels,
@@ -419,6 +450,16 @@ def _step(what: str, quiet: bool = False) -> Iterator[list[str]]:
 def _print_notes(clip: VideoClip, quiet: bool) -> None:
     for note in clip.notes:
         print(f"prunevid: note: {note}", file=sys.stderr)
+
+
+def _synthetic_data_folder(regime: str, seed: int, default_seed: int) -> Path:
+    """Default held-out folder of the synthetic ``regime`` and ``seed``: :data:`SYNTHETIC_DATA` for the
+    original regime's default seed, ``prunevid-eval/synthetic-realistic-data`` for the realistic one's, and
+    ``...-seed<seed>-data`` for any other seed (sets never mix)."""
+    name = "synthetic" if regime == "original" else f"synthetic-{regime}"
+    if seed != default_seed:
+        name += f"-seed{seed}"
+    return SYNTHETIC_DATA.with_name(f"{name}-data")
 
 
 def _model_path(model: str) -> str | Path:

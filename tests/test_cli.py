@@ -70,6 +70,9 @@ def test_restated_constants_agree_with_their_modules() -> None:
     assert cli.REFERENCE_METHODS == reference_methods.METHODS
     assert cli.EVAL_DEFAULT_FRAMES == evaluation.DEFAULT_FRAMES
     assert cli.EVAL_DEFAULT_MAX_NEW_TOKENS == evaluation.DEFAULT_MAX_NEW_TOKENS
+    from prunevid import synthetic_qa
+
+    assert cli.SYNTHETIC_REGIMES == tuple(synthetic_qa.REGIMES)
 
 
 def test_lazy_exports() -> None:
@@ -140,6 +143,44 @@ def test_ask_reports_each_step_and_the_frame_cap(
     assert main([*argv, "--max-frames", "4", "--quiet"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "4 frames; preset paper" in captured.out
+
+
+def test_eval_synthetic_realistic_regime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The realistic regime end to end on CPU: its own default folder and bundled model, its own rows'
+    label, and refusals of a folder holding the other regime or another seed. Clips of 112x112x24 (the
+    regime's code path at a test size) keep it to seconds."""
+    from prunevid import synthetic_qa
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "realistic"
+    synthetic_qa.write_eval_set(data, 3, seed=5, regime="realistic", size=112, num_frames=24, workers=1)
+    argv = ["eval", "synthetic", "--regime", "realistic", "--presets", "baseline", "--max-new-tokens", "8"]
+    assert main([*argv, "--data", str(data), "--seed", "5"]) == 0
+    out = tmp_path / "prunevid-eval" / "synthetic-realistic-synthetic-model-realistic-seed5"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["benchmark"] == "synthetic-realistic" and summary["samples"] == 3
+    assert summary["model"] == str(synthetic_qa.MODEL_DIR_REALISTIC)
+    assert "3 samples, 32 frames asked, 24 frames used" in (out / "summary.md").read_text()
+    capsys.readouterr()
+    # The other regime's folder, another seed, and regime options on another benchmark are refused.
+    original = ["eval", "synthetic", "--presets", "baseline", "--data", str(data)]
+    assert main(original) == 2
+    assert "holds the realistic regime's synthetic set, not the original" in capsys.readouterr().err
+    assert main([*argv, "--data", str(data), "--seed", "20261130"]) == 2
+    assert "not of seed 20261130" in capsys.readouterr().err
+    assert main(["eval", "mvbench", "--data", str(data), "--regime", "realistic"]) == 2
+    assert "--regime and --seed choose the synthetic benchmark's questions" in capsys.readouterr().err
+    # Without --data: the regime's own default folder (never the original set's), named by its seed.
+    folder = cli._synthetic_data_folder("realistic", 20_261_130, synthetic_qa.REGIMES["realistic"].eval_seed)
+    assert folder == Path("prunevid-eval/synthetic-realistic-data") != cli.SYNTHETIC_DATA
+    assert (
+        cli._synthetic_data_folder("realistic", 7002, 20_261_130).name == "synthetic-realistic-seed7002-data"
+    )
+    assert cli._synthetic_data_folder("original", synthetic_qa.EVAL_SEED, synthetic_qa.EVAL_SEED) == (
+        cli.SYNTHETIC_DATA
+    )
 
 
 def test_eval_synthetic_writes_only_what_the_run_needs(
