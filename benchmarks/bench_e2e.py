@@ -1587,7 +1587,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 else [],
                 "answer_repeats": args.answer_repeats,
                 "answer_batch": args.answer_batch,
-                "fast_decode_bucket_rows": fast_decode.BUCKET_ROWS,
+                "fast_decode_bucket_rows": 1,  # buffers of exactly the rows needed
+                "fast_decode_reuse_slack_rows": fast_decode.REUSE_SLACK_ROWS,
             },
             "method": {
                 "ttft": "host clock, synchronised, from generate() call (processor outputs already on the "

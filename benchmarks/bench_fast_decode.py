@@ -563,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "check_tokens": args.check_tokens,
             "steps": args.steps,
             "padded_case_frames": [args.frames, args.frames // 2],
-            "bucket_rows": fast_decode.BUCKET_ROWS,
+            "reuse_slack_rows": fast_decode.REUSE_SLACK_ROWS,
             "warmup_steps": fast_decode.WARMUP_STEPS,
         },
         "prompt_lengths": {name: int(inputs["input_ids"].shape[1]) for name, inputs in cases.items()},

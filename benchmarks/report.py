@@ -310,6 +310,12 @@ def answer_tables(result: dict[str, Any]) -> list[str]:
             continue
         counts = answer["tokens"]
         rows = answer["rows"]
+        if all(_answer_value(row, n, "answer_ms") is None for row in rows.values() for n in counts):
+            out += [
+                "",
+                f"#### {shape['frames']} frames: no timed repeat ({'; '.join(answer.get('skipped', []))})",
+            ]
+            continue
         out += [
             "",
             f"#### {shape['frames']} frames, batch 1"
@@ -346,7 +352,14 @@ def answer_tables(result: dict[str, Any]) -> list[str]:
                     + " |"
                 )
         batch = answer.get("batch")
-        if batch:
+        if batch and all(
+            _answer_value(row, batch["tokens"], "answer_ms") is None for row in batch["rows"].values()
+        ):
+            out += [
+                "",
+                f"#### {shape['frames']} frames, batch {batch['size']}: no timed repeat (time budget)",
+            ]
+        elif batch:
             n = batch["tokens"]
             out += [
                 "",
@@ -373,7 +386,7 @@ def answer_tables(result: dict[str, Any]) -> list[str]:
 def answer_targets(result: dict[str, Any]) -> list[Target]:
     """Issue 16's targets: paper+fd decode <= 7 ms/token; 64-token answer at 32 frames >= 3x stock's; the
     fast decode's peak memory and cache no worse than the eager pruned decode's plus the new-token rows."""
-    decode, speed, memory = [], [], []
+    decode, speed, memory, cache = [], [], [], []
     for shape in result["results"]:
         answer = shape.get("answer")
         if not answer:
@@ -393,6 +406,11 @@ def answer_targets(result: dict[str, Any]) -> list[Target]:
                 )
             )
         n = max(counts)
+        fast_rows, eager_rows = _answer_value(fast, n, "cache_rows"), _answer_value(eager, n, "cache_rows")
+        # the eager cache at the answer's end holds n - 1 new rows; the buffers need n (the last token's)
+        cache.append(
+            (shape["frames"], None if None in (fast_rows, eager_rows) else fast_rows - eager_rows - 1)
+        )
         memory.append(
             (
                 shape["frames"],
@@ -421,6 +439,13 @@ def answer_targets(result: dict[str, Any]) -> list[Target]:
             lambda v: v <= 1.0,
             lambda v: fmt(v, 3, "x"),
         ),
+        _check(
+            "paper + fast decode cache buffers no larger than the eager pruned cache plus the new tokens "
+            "(rows over, longest answer)",
+            cache,
+            lambda v: v <= 0,
+            lambda v: f"{v:+.0f} rows",
+        ),
     ]
 
 
@@ -439,17 +464,55 @@ def fast_decode_section(report: dict[str, Any], name: str, probe: dict[str, Any]
         "margin), so a free run can flip a token where the eager decode run twice does too.",
         "",
         "| row | case | max abs logit diff, eager vs eager | graph vs eager | static (no graph) vs eager | "
-        "argmax = eager token (graph) | free-run tokens equal: eager twice / graph | min top-2 margin |",
+        "argmax = eager token (graph) | free-run tokens equal: eager twice / graph (first call, again) "
+        "| min top-2 margin |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    divergences = []
     for entry in report.get("correctness", []):
         worst = {m: max(entry[m]["forced_max_abs_logit_diff_per_step"]) for m in ("eager", "graph", "static")}
+        again = entry["graph"].get("second_free_run_tokens_equal")
         out.append(
             f"| `{entry['row']}` | {entry['case']} | {fmt(worst['eager'], 3)} | {fmt(worst['graph'], 3)} | "
             f"{fmt(worst['static'], 3)} | {percent(entry['graph']['forced_argmax_agreement'])} | "
-            f"{entry['eager']['free_run_tokens_equal']} / {entry['graph']['free_run_tokens_equal']} | "
-            f"{fmt(entry['reference_top2_margin_min'], 3)} |"
+            f"{entry['eager']['free_run_tokens_equal']} / {entry['graph']['free_run_tokens_equal']}"
+            + ("" if again is None else f", {again}")
+            + f" | {fmt(entry['reference_top2_margin_min'], 3)} |"
         )
+        for mode in ("eager", "graph", "static"):
+            for run in ("free_run", "second_free_run"):
+                step = entry[mode].get(f"{run}_first_divergence")
+                if step is not None and f"{run}_reference_margin_at_divergence" in entry[mode]:
+                    margin = entry[mode][f"{run}_reference_margin_at_divergence"]
+                    before = entry[mode][f"{run}_max_abs_logit_diff_up_to_divergence"]
+                    divergences.append(
+                        f"`{entry['row']}` {entry['case']}, {mode} ({run.replace('_', ' ')}): step {step}, "
+                        f"reference top-2 margin there {fmt(margin, 3)}, max abs logit diff up to it "
+                        f"{fmt(before, 3)}"
+                    )
+    if divergences:
+        out += [
+            "",
+            "Free runs that left the reference tokens (where, and how close the reference's choice was):",
+            "",
+        ]
+        out += [f"- {line}" for line in divergences]
+    families = report.get("tiny_families") or []
+    if families:
+        out += [
+            "",
+            "Every family's tiny checkpoint on the same card, in the same dtype: greedy tokens of fast "
+            f"decode (CUDA graph) against the eager decode, {report['settings']['check_tokens']} tokens:",
+            "",
+            "| family | row | case | CUDA graph | tokens equal | max abs logit diff |",
+            "|---|---|---|---|---|---|",
+        ]
+        for entry in families:
+            out.append(
+                f"| {entry['family']} | `{entry['row']}` | {entry['case']} | "
+                f"{entry.get('cuda_graph', '–')} | {entry.get('tokens_equal', entry.get('error', '–'))} | "
+                f"{fmt(entry.get('max_abs_logit_diff'), 3)} |"
+            )
     out += [
         "",
         "Decode step at batch 1 (ms, median of timed steps; the prefill of the row loaded into the buffers):",
@@ -615,11 +678,16 @@ def markdown(
                 "",
                 "Rows `X` answer with `model.generate` (dynamic cache, eager decode), `X+fd` with "
                 "`prunevid.fast_decode` (static buffers sized to the kept length + new tokens, rounded up to "
-                f"{settings.get('fast_decode_bucket_rows', 256)} rows; the decode step replayed from a CUDA "
-                f"graph). {settings.get('answer_repeats')} timed repeats after one warm-up call per row and "
-                "length bucket "
+                f"{settings.get('fast_decode_bucket_rows', 256)} rows"
+                + (
+                    f", or held buffers with at most {settings['fast_decode_reuse_slack_rows']} rows to spare"
+                    if settings.get("fast_decode_reuse_slack_rows") is not None
+                    else ""
+                )
+                + f"; the decode step replayed from a CUDA graph). {settings.get('answer_repeats')} timed "
+                "repeats after one warm-up call per row and length "
                 "(the first call builds the buffers and captures the graph: its capture time is the last "
-                "column; later calls of that bucket reuse it).",
+                "column; later calls reuse them).",
                 "",
                 "| target | status | per frame count |",
                 "|---|---|---|",

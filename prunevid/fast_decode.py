@@ -9,10 +9,10 @@ the cache is short and its length is fixed, which is what a static, graph-captur
    (transformers' ``custom_generate`` hook, present in 4.57, 5.17 and 5.24);
 2. :func:`decode` runs the stock prefill (``prepare_inputs_for_generation`` + ``model(...)``; PruneVid's
    hooks prune it as in any generate call) and picks the first token with generate's own processors;
-3. the prefill cache is copied into :class:`StaticRowsCache` buffers of ``rows`` rows per layer: the kept
-   length plus the new tokens rounded up to :data:`BUCKET_ROWS`, or the buffers (and graph) of an earlier
-   call when they have at most :data:`REUSE_SLACK_ROWS` rows more than needed, so that a video of a similar
-   length reuses them; the rows the cache does not hold yet are masked out;
+3. the prefill cache is copied into :class:`StaticRowsCache` buffers of ``rows`` rows per layer: exactly
+   the rows the eager decode's cache ends with (the kept length plus the new tokens but the last), or the
+   buffers (and graph) of an earlier call when they have at most :data:`REUSE_SLACK_ROWS` rows more than
+   needed, so that a video of a similar length reuses them; the rows not written yet are masked out;
 4. every decode step calls the stock language model and ``lm_head`` with those buffers (the cache object
    implements the one ``Cache`` method the decode path calls, ``update``), a 4-D attention mask built from
    the pruned cache's valid rows (every supported version and family passes a 4-D mask to the layers as
@@ -57,10 +57,9 @@ from transformers.cache_utils import Cache
 from prunevid.models.registry import SUPPORTED_MODEL_TYPES
 
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
-# New static buffers have a multiple of this many rows (at most BUCKET_ROWS - 1 rows more than needed).
-BUCKET_ROWS = 32
 # A held engine serves a call needing up to this many rows fewer than it has: a video of a similar length
 # reuses its buffers and graph instead of capturing a new one (no new memory either: they are held already).
+# New buffers have exactly the rows the call needs, as many as the eager decode's cache ends with.
 REUSE_SLACK_ROWS = 256
 # Static buffers (and graphs) kept per model, least recently used dropped first.
 MAX_ENGINES_PER_MODEL = 2
@@ -80,8 +79,8 @@ class FastDecodeStats:
     Attributes:
         batch_size: samples decoded together.
         prefill_rows: physical cache rows the prefill left (the kept length after pruning).
-        cache_rows: rows of the static buffers: ``prefill_rows`` + new tokens rounded up to BUCKET_ROWS, or a
-            held engine's (at most REUSE_SLACK_ROWS more than needed).
+        cache_rows: rows of the static buffers: ``prefill_rows`` + new tokens - 1 (the rows the eager
+            decode's cache ends with), or a held engine's (at most REUSE_SLACK_ROWS more than needed).
         cache_bytes: bytes of the static key and value buffers of all layers.
         cuda_graph: whether decode steps were graph replays (False: eager static steps, e.g. on CPU).
         captured: whether this call built new buffers (and captured a graph); False when it reused them.
@@ -460,8 +459,10 @@ def _start(
     use_graph = keys0.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
     if use_graph and keys0.device.type != "cuda":
         raise ValueError("cuda_graph=True needs the model on a CUDA device")
-    needed_rows = prefill_rows + steps_left
-    rows = -(-needed_rows // BUCKET_ROWS) * BUCKET_ROWS
+    # The last new token is never fed back: the decode steps write steps_left - 1 rows. The capture's
+    # warm-up steps write WARMUP_STEPS + 1 rows before load() resets them.
+    needed_rows = prefill_rows + steps_left - 1
+    rows = max(needed_rows, WARMUP_STEPS + 1)
     key = _EngineKey(
         batch=batch,
         rows=rows,
