@@ -6,6 +6,21 @@
 The model in ``prunevid/data/synthetic-model`` took several runs, each continued from the one before with
 ``--init`` (their settings and logs: ``benchmarks/results/train_synthetic_*.json``, docs/synthetic.md).
 
+``--regime realistic`` trains on the generator's realistic regime (448x448, 32 frames: 4096 video tokens,
+panning backgrounds; :data:`prunevid.synthetic_qa.REGIMES`) and scores progress on held-out seed
+:data:`REALISTIC_PROGRESS_SEED` (none of the accuracy protocol's seeds). The two realistic models were
+continued from the shipped one, side by side on one H200 (each with 7 data workers; the GPU was the limit,
+about 40 clips/s each), and differ only in ``--token-dropout``:
+
+    python benchmarks/train_synthetic.py --regime realistic --init prunevid/data/synthetic-model --seed 3 \
+        --batch-size 16 --lr 3e-4 --final-lr-ratio 0.1 --warmup-steps 40 --open-fraction 0.2 \
+        --copy-fraction 0 --no-letters --eval-size 240 --eval-subset 48 --eval-every-s 180 \
+        --eval-batch-size 20 --workers 7 --eval-workers 8 --prefetch 2 --time-budget-s 390 \
+        [--token-dropout 0.5] --out OUT/synthetic-model-realistic[-dropout]
+
+Every batch is of the realistic regime (no original-regime batches are mixed in): each regime has its
+own bundled model, so the realistic ones need not keep the original regime's skill.
+
 The model is the real ``Qwen2_5_VLForConditionalGeneration`` (random init from a hub-layout config written
 by :func:`prunevid.tiny.write_model_files`), trained on :mod:`prunevid.synthetic_qa` clips (224x224,
 16 frames at 2 fps: 512 video tokens) with the multiple-choice prompt of :mod:`prunevid.evaluation`.

@@ -635,6 +635,34 @@ def test_the_shipped_model_loads_and_answers_with_an_option(eval_set: Path) -> N
         assert extract_choice(answer.text, sample.options) is not None, answer.text
 
 
+@pytest.mark.parametrize(
+    ("folder", "dropout"), [(qa.MODEL_DIR_REALISTIC, 0.0), (qa.MODEL_DIR_REALISTIC_DROPOUT, 0.5)]
+)
+def test_the_realistic_models_load_answer_and_ship(folder: Path, dropout: float, tmp_path: Path) -> None:
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from prunevid import ask
+    from prunevid.evaluation import extract_choice, format_prompt
+
+    assert (folder / "model.safetensors").stat().st_size <= 20 * 2**20
+    log = json.loads((folder / "training_log.json").read_text())
+    assert (log["regime"], log["seed"], log["settings"]["token_dropout"]) == ("realistic", 3, dropout)
+    assert log["settings"]["init"] == "prunevid/data/synthetic-model"
+    assert log["eval_seed"] not in (7001, 7002, 20_261_130)  # never scored on the protocol's seeds
+    assert f'"data/{folder.name}/*"' in (ROOT / "pyproject.toml").read_text()  # installed with the package
+    model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        folder, dtype=torch.float32, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    processor = AutoProcessor.from_pretrained(folder)
+    # Half the regime's frame side (1024 video tokens: seconds on a CPU); a 112-pixel frame would show
+    # objects of 14-28 px, smaller than any the models were trained on.
+    data = qa.write_eval_set(tmp_path, 2, seed=5, regime="realistic", size=224, num_frames=32, workers=1)
+    for sample in read_benchmark("synthetic", data):
+        answer = ask(model.eval(), processor, sample.video, format_prompt(sample.question, sample.options))
+        assert extract_choice(answer.text, sample.options) is not None, answer.text
+
+
 def test_eval_synthetic_defaults_to_the_shipped_model_and_needs_data_elsewhere(
     eval_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
