@@ -198,5 +198,6 @@ def test_answer_rows_and_their_report(bench: ModuleType, tmp_path: Path) -> None
     report_module = _load("report")
     text = "\n".join(report_module.answer_tables(report))
     assert "`paper+fd`" in text and "`paper`" in text
-    names = [target.name for target in report_module.answer_targets(report)]
-    assert len(names) == 3 and "7.0 ms/token" in names[0]
+    checks = report_module.answer_targets(report)
+    assert len(checks) == 4 and "7.0 ms/token" in checks[0].name
+    assert "cache buffers" in checks[3].name and checks[3].status == "MET"  # the eager cache's rows
