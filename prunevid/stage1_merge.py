@@ -1,8 +1,9 @@
 """PruneVid Stage 1: spatio-temporal token merging of one video, before the LLM.
 
 Pure tensor functions (torch only, no model): temporal segmentation by DPC-KNN over frame means,
-static/dynamic split by mean cosine similarity, temporal collapse of static positions, spatial DPC-KNN
-per segment (static tokens) and per frame (dynamic tokens). See ``spec/prunevid-algorithm.md``, Stage 1.
+static/dynamic split by mean cosine similarity (opt-in: the least consecutive one), temporal collapse of
+static positions, spatial DPC-KNN per segment (static tokens) and per frame (dynamic tokens). See
+``spec/prunevid-algorithm.md``, Stage 1.
 
 Determinism: there is no randomness anywhere. Every tie is broken by index (density ties, score ties,
 nearest-centre ties), sorts are stable, and reductions avoid atomics, so a run repeats bit for bit on
@@ -33,7 +34,9 @@ if TYPE_CHECKING:  # the config is only read, so importing this module needs not
 
 __all__ = [
     "Stage1Result",
+    "consecutive_similarity",
     "dpc_knn",
+    "kcentre_padded",
     "make_contiguous",
     "merge_video",
     "segment_frames",
@@ -52,7 +55,8 @@ class Stage1Result:
             ``positions_in[:, representative]``.
         representative: ``[N']`` int64, grid index ``t * h' * w' + row * w' + col`` of the token's
             representative source (its DPC centre; for a static token, the centre's position in the
-            first frame of its segment). Strictly increasing: the output is in grid (t, h, w) order.
+            first frame of its segment, or its middle frame with ``static_time="middle"``). Strictly
+            increasing: the output is in grid (t, h, w) order.
         assignment: ``[N]`` int64, for each source token the index in ``[0, N')`` of the merged token that
             contains it. Every source token is in exactly one merged token, and
             ``assignment[representative] == arange(N')``.
@@ -205,6 +209,52 @@ def _dpc_padded(points: Tensor, valid: Tensor, n_centres: Tensor, k: int) -> tup
     return centre_of, is_centre
 
 
+def kcentre_padded(d2: Tensor, valid: Tensor, n_centres: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
+    """Greedy k-centre (farthest-point) clustering of a batch of padded groups.
+
+    The opt-in alternative to DPC-KNN (not the paper's): centre 1 is ``first``; each next centre is the
+    member farthest from every centre so far (ties: the lower index); every member joins its nearest centre
+    (ties: the lower index). A group of tokens that differ from the rest, however few (a small object on
+    a background), gets a centre of its own as soon as it is the farthest, which DPC-KNN's density
+    (the mean distance to ``k`` neighbours) denies a cluster smaller than ``k``.
+
+    Args:
+        d2: ``[G, N, N]`` float32 distances (or squared distances: the order is the same) between slots.
+        valid: ``[G, N]`` bool, the members of each group.
+        n_centres: ``[G]`` int64, centres wanted per group, at most its number of members (0 for a group
+            without members).
+        first: ``[G]`` int64, the slot of each group's first centre (a member, if it has any).
+
+    Returns:
+        ``(centre_of [G, N] int64, is_centre [G, N] bool)`` as :func:`_dpc_padded`: for each member the slot
+        of its centre (itself for a centre); values at invalid slots are meaningless.
+    """
+    n_groups, n_slots = valid.shape
+    rows = torch.arange(n_groups, device=valid.device)
+    wanted = n_centres.to(valid.device)
+    is_centre = torch.zeros_like(valid)
+    is_centre[rows, first] = wanted > 0  # a group that wants no centre (no members) gets none
+    nearest = d2[rows, first]  # [G, N] distance to the nearest centre so far
+    for step in range(1, int(n_centres.max()) if n_slots else 0):
+        farthest = nearest.masked_fill(~valid | is_centre, -1.0).argmax(1)
+        grow = step < wanted
+        is_centre[rows[grow], farthest[grow]] = True
+        nearest = torch.where(grow[:, None], torch.minimum(nearest, d2[rows, farthest]), nearest)
+    centre_of = d2.masked_fill(~is_centre[:, None, :], math.inf).argmin(-1)
+    centre_of = torch.where(is_centre, torch.arange(n_slots, device=valid.device), centre_of)
+    return centre_of, is_centre
+
+
+def _kcentre_padded(points: Tensor, valid: Tensor, n_centres: Tensor) -> tuple[Tensor, Tensor]:
+    """Stage 1's opt-in spatial merge: :func:`kcentre_padded` on ``[G, N, C]`` float32 ``points``, the
+    first centre of each group being its member nearest to the group's mean (its typical token)."""
+    d2 = _pairwise_sq_dist(points)
+    weight = valid.float()
+    mean = (points * weight[..., None]).sum(1) / weight.sum(1).clamp(min=1)[:, None]
+    to_mean = (points - mean[:, None, :]).square().sum(-1).masked_fill(~valid, math.inf)
+    return kcentre_padded(d2, valid, n_centres, to_mean.argmin(1))
+
+
 # --------------------------------------------------------------------------------------------------
 # 1a. Temporal segmentation
 
@@ -342,6 +392,51 @@ def _segment_similarity(frames: Tensor, membership: Tensor) -> Tensor:
     return similarity.masked_fill(width[:, None] < 2, -math.inf)
 
 
+def consecutive_similarity(segment_tokens: Tensor) -> Tensor:
+    """Least cosine similarity of each spatial position between consecutive frames of one segment.
+
+    The opt-in static test ``static_test="consecutive"`` (not the paper's): a position is static only if
+    every consecutive frame pair is more similar than ``tau``, so one frame pair that differs (an object
+    appearing for a moment) keeps it dynamic however long the segment is.
+
+    Args:
+        segment_tokens: ``[W, L, C]`` any real dtype, the ``W >= 1`` frames of a segment.
+
+    Returns:
+        ``[L]`` float32, ``min over t of cos(x_tl, x_(t+1)l)``, clamped to ``[-1, 1]``; ``-inf`` for a
+        one-frame segment (never static). A zero vector has cosine 0 with everything.
+    """
+    if segment_tokens.dim() != 3 or segment_tokens.shape[0] == 0:
+        raise ValueError(f"segment_tokens must be [W, L, C] with W >= 1, got {tuple(segment_tokens.shape)}")
+    frames = segment_tokens.float()
+    frame_segments = torch.zeros(frames.shape[0], dtype=torch.int64, device=frames.device)
+    return _segment_min_consecutive(frames, frame_segments, 1)[0]
+
+
+def _segment_min_consecutive(frames: Tensor, frame_segments: Tensor, n_segments: int) -> Tensor:
+    """:func:`consecutive_similarity` for all segments at once.
+
+    Args:
+        frames: ``[T', L, C]`` float32.
+        frame_segments: ``[T']`` int64 segment id per frame (contiguous, 0..S-1).
+        n_segments: ``S``.
+
+    Returns:
+        ``[S, L]`` float32 (``-inf`` for one-frame segments).
+    """
+    n_frames, n_pos, _ = frames.shape
+    result = torch.full((n_segments, n_pos), -math.inf, device=frames.device)
+    if n_frames < 2:
+        return result
+    unit = torch.nn.functional.normalize(frames, dim=-1)
+    pair_cos = (unit[1:] * unit[:-1]).sum(-1).clamp(-1.0, 1.0)  # [T'-1, L]
+    same = frame_segments[1:] == frame_segments[:-1]  # the pair (t, t+1) lies inside one segment
+    pair_segment = frame_segments[1:]
+    inside = (pair_segment[None, :] == torch.arange(n_segments, device=frames.device)[:, None]) & same
+    least = torch.where(inside[:, :, None], pair_cos[None], math.inf).amin(1)  # [S, L]
+    return torch.where(inside.any(1)[:, None], least, result)
+
+
 # --------------------------------------------------------------------------------------------------
 # Whole video
 
@@ -357,8 +452,9 @@ def merge_video(
         grid: ``(T', h', w')``, the LLM token grid of the video.
         positions: ``[3, N]`` integer (int64 from the stock model), the M-RoPE (t, h, w) position of each
             token; may live on another device than ``features``.
-        config: reads ``tau``, ``temporal_segment_ratio``, ``cluster_ratio``, ``dpc_knn_k`` and
-            ``min_tokens_to_cluster`` (``enable_stage1`` is the caller's business).
+        config: reads ``tau``, ``temporal_segment_ratio``, ``cluster_ratio``, ``dpc_knn_k``,
+            ``min_tokens_to_cluster`` and the opt-in ``static_test`` / ``static_time`` / ``spatial_merge``
+            (``enable_stage1`` is the caller's business).
 
     Returns:
         A :class:`Stage1Result` (tensors on ``features.device``, ``positions`` on its own device).
@@ -386,7 +482,10 @@ def merge_video(
     membership = (frame_segments[None, :] == torch.arange(n_segments, device=device)[:, None]).float()
 
     # 1b. Static positions (host sync 2: their counts set the number of output tokens).
-    static = _segment_similarity(decide, membership) > config.tau
+    if config.static_test == "consecutive":  # opt-in: every consecutive frame pair must be similar
+        static = _segment_min_consecutive(decide, frame_segments, n_segments) > config.tau
+    else:  # the paper: the mean over all frame pairs
+        static = _segment_similarity(decide, membership) > config.tau
     n_static = static.sum(1).cpu()
 
     # Groups g < S: static tokens of segment g; g = S + t: dynamic tokens of frame t. Each group is a
@@ -396,8 +495,10 @@ def merge_video(
     keep = _cluster_sizes(group_size, config.cluster_ratio, config.min_tokens_to_cluster)
     n_out = int(keep.sum())
     clusters = bool((keep < group_size).any())
-    # Representatives' frames: the first frame of the segment for static groups, the frame for dynamic.
-    base_frame = torch.cat([first_frame, torch.arange(n_frames)])
+    # Representatives' frames: the first frame of the segment for static groups (the paper; the opt-in
+    # static_time="middle" takes its middle frame), the frame for dynamic groups.
+    static_frame = first_frame + (segment_len - 1) // 2 if config.static_time == "middle" else first_frame
+    base_frame = torch.cat([static_frame, torch.arange(n_frames)])
     # One upload, issued while the device queue is empty: a blocking copy waits for queued kernels.
     keep_dev, base_frame = torch.stack([keep, base_frame]).to(device).unbind(0)
 
@@ -410,7 +511,10 @@ def merge_video(
 
     # 1c. Spatial merge, all groups in one padded batch; skipped outright when no group shrinks.
     if clusters:
-        centre_of, is_centre = _dpc_padded(groups.detach(), valid, keep_dev, config.dpc_knn_k)
+        if config.spatial_merge == "kcentre":  # opt-in: centres spread over the group's content
+            centre_of, is_centre = _kcentre_padded(groups.detach(), valid, keep_dev)
+        else:  # the paper: DPC-KNN
+            centre_of, is_centre = _dpc_padded(groups.detach(), valid, keep_dev, config.dpc_knn_k)
         members = ((centre_of[:, None, :] == slot[None, :, None]) & valid[:, None, :]).float()
         cluster_size = members.sum(-1)
         # Sum of each cluster's members as a batched 0/1 matrix product: deterministic, unlike a
@@ -423,7 +527,7 @@ def merge_video(
         cluster_size = valid.float()
         cluster_sum = groups
 
-    # Output order: grid index of each centre's representative (static: the first frame of its segment).
+    # Output order: grid index of each centre's representative (static: at its segment's static_frame).
     rep_grid = (base_frame[:, None] * n_pos + slot).flatten()
     chosen = torch.sort(torch.where(is_centre.flatten(), rep_grid, n_tokens), stable=True).indices[:n_out]
     representative = rep_grid[chosen]

@@ -4,6 +4,8 @@ At LLM layer ``M`` the queries of the question rows (every token after the last 
 scored against all keys of the prompt, without rotary embedding and without a mask; each video token
 gets one importance (max over heads, then max over rows), and each budget group keeps its best
 ``floor(keep_ratio * n)`` tokens, at least one. The adapter gathers the rows; nothing here knows a model.
+The opt-in :func:`select_tokens_covering` (not the paper's) spends part of each budget on covering the
+group's distinct tokens first.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from prunevid.stage1_merge import _pairwise_sq_dist, kcentre_padded  # (coverage only)
 
 # Rows x keys of float32 logits held at once per head chunk; bounds memory on long videos.
 _MAX_CHUNK_ELEMENTS = 1 << 26
@@ -104,4 +108,77 @@ def select_tokens(scores: Tensor, groups: Tensor, keep_ratio: float) -> Tensor:
     # The epsilon keeps floor(0.29 * 100) at 29 despite binary rounding.
     budget = torch.clamp(torch.floor(counts.double() * keep_ratio + 1e-9).long(), min=1)
     kept = order[rank < budget[sorted_groups]]
+    return torch.sort(kept).values
+
+
+def select_tokens_covering(
+    scores: Tensor, groups: Tensor, keep_ratio: float, features: Tensor, coverage: float
+) -> Tensor:
+    """:func:`select_tokens` that first covers each group's distinct tokens (opt-in, not the paper's).
+
+    Every group ``g`` keeps as many tokens as :func:`select_tokens`, ``b_g = max(1, floor(keep_ratio *
+    n_g))``, chosen in two steps. First ``c_g = max(1, floor(coverage * b_g))`` cover the group: the
+    best-scored token and then, one at a time, the token farthest from those picked (in ``features``,
+    greedy k-centre) are cluster centres; every token joins its nearest centre, and each cluster keeps
+    its best-scored token. A small object far from the background in feature space thus keeps a token
+    even when the question's attention prefers the background (DPC-KNN would not do: its density makes a
+    cluster of fewer than ``k`` tokens a poor centre). Then the other ``b_g - c_g`` are the best-scored
+    of the rest.
+
+    Args:
+        scores: ``[n]`` importance per token (higher is kept first).
+        groups: ``[n]`` int64 group id per token (dense, ``0..G-1``).
+        keep_ratio: fraction kept per group, in (0, 1].
+        features: ``[n, C]`` what distinctness is measured on (the adapter passes layer ``M``'s keys).
+        coverage: in (0, 1], the share of each group's budget spent on covering.
+
+    Returns:
+        ``[k_total]`` int64 indices into ``n``, increasing, ``k_total = sum_g b_g``. Deterministic: ties go
+        to the earlier token, as in :func:`select_tokens`.
+    """
+    n = scores.shape[0]
+    if features.dim() != 2 or features.shape[0] != n:
+        raise ValueError(f"features must be [{n}, C], got {tuple(features.shape)}")
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    device = scores.device
+    counts = torch.bincount(groups)
+    budget = torch.clamp(torch.floor(counts.double() * keep_ratio + 1e-9).long(), min=1)
+    cover = torch.clamp(torch.floor(budget.double() * coverage + 1e-9).long(), min=1)
+
+    # Pad the groups to one length: slot j of group g is its j-th token in index order.
+    by_group = torch.sort(groups, stable=True).indices
+    group_start = torch.cumsum(counts, 0) - counts
+    member_group = groups[by_group]
+    slot = torch.arange(n, device=device) - group_start[member_group]
+    n_groups, width = counts.shape[0], int(counts.max())
+    padded = features.new_zeros(n_groups, width, features.shape[1], dtype=torch.float32)
+    padded[member_group, slot] = features[by_group].float()
+    valid = torch.zeros(n_groups, width, dtype=torch.bool, device=device)
+    valid[member_group, slot] = True
+    padded_scores = torch.full((n_groups, width), -math.inf, device=device)
+    padded_scores[member_group, slot] = scores[by_group].float()
+
+    # Greedy k-centre from the best-scored token (argmax: ties to the earlier one).
+    cluster_of, _ = kcentre_padded(_pairwise_sq_dist(padded), valid, cover, padded_scores.argmax(1))
+
+    # Each cluster's best-scored member covers it.
+    cluster = torch.zeros(n, dtype=torch.long, device=device)
+    cluster[by_group] = member_group * width + cluster_of[member_group, slot]
+    by_score = torch.sort(scores.float(), descending=True, stable=True).indices
+    order = by_score[torch.sort(cluster[by_score], stable=True).indices]
+    first = torch.ones(n, dtype=torch.bool, device=device)
+    first[1:] = cluster[order[1:]] != cluster[order[:-1]]
+    covering = torch.zeros(n, dtype=torch.bool, device=device)
+    covering[order[first]] = True
+
+    # The rest of each group's budget: the best-scored tokens not yet kept.
+    rest = torch.where(covering, -math.inf, scores.float())
+    by_rest = torch.sort(rest, descending=True, stable=True).indices
+    order = by_rest[torch.sort(groups[by_rest], stable=True).indices]
+    rank = torch.arange(n, device=device) - group_start[groups[order]]
+    extra = order[rank < (budget - cover)[groups[order]]]
+    kept = torch.cat([torch.nonzero(covering).flatten(), extra])
     return torch.sort(kept).values

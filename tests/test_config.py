@@ -37,8 +37,12 @@ def test_presets_match_the_spec(name: str) -> None:
     assert config.pruning_layer is None and config.attention_aggregation == "max"
 
 
+# Presets beyond the specification (issue 18's opt-in improvements; tests/test_opt_in_improvements.py).
+EXTENSIONS = {"coverage"}
+
+
 def test_every_preset_is_in_the_table() -> None:
-    assert set(PRESETS) == set(SPEC_TABLE)
+    assert set(PRESETS) == set(SPEC_TABLE) | EXTENSIONS
     assert not PruneVidConfig.preset("baseline").enabled
     # fast_vision never changes outputs, so it does not make a config "enabled" (pruning)
     assert not PruneVidConfig.preset("fast").enabled

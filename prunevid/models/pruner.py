@@ -45,7 +45,12 @@ from prunevid.models.family import Family
 from prunevid.models.registry import family_of
 from prunevid.reference_methods import ReferenceConfig, reduce_video
 from prunevid.stage1_merge import merge_video
-from prunevid.stage2_select import budget_groups, question_attention_scores, select_tokens
+from prunevid.stage2_select import (
+    budget_groups,
+    question_attention_scores,
+    select_tokens,
+    select_tokens_covering,
+)
 from prunevid.stage3_cache import compress_kv
 from prunevid.stats import PruneStats, SampleStats, VideoStats
 
@@ -869,9 +874,17 @@ class Pruner:
                 offset += int(group.max()) + 1
                 is_video[video.slots.to(key.device)] = True
             video_slots = torch.cat(video_slots)
-            kept_video = video_slots[
-                select_tokens(scores[video_slots], torch.cat(groups), self.config.keep_ratio)
-            ]
+            if self.config.stage2_coverage > 0 and not fastv:  # opt-in: cover distinct tokens first
+                chosen = select_tokens_covering(
+                    scores[video_slots],
+                    torch.cat(groups),
+                    self.config.keep_ratio,
+                    key[b, video_slots],
+                    self.config.stage2_coverage,
+                )
+            else:
+                chosen = select_tokens(scores[video_slots], torch.cat(groups), self.config.keep_ratio)
+            kept_video = video_slots[chosen]
             removed |= len(kept_video) < len(video_slots)
             kept = torch.sort(torch.cat([torch.nonzero(valid & ~is_video).flatten(), kept_video])).values
             keep_lists.append(kept.cpu())
