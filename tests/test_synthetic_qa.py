@@ -657,7 +657,7 @@ def test_the_realistic_models_load_answer_and_ship(folder: Path, dropout: float,
     processor = AutoProcessor.from_pretrained(folder)
     # Half the regime's frame side (1024 video tokens: seconds on a CPU); a 112-pixel frame would show
     # objects of 14-28 px, smaller than any the models were trained on.
-    data = qa.write_eval_set(tmp_path, 2, seed=5, regime="realistic", size=224, num_frames=32, workers=1)
+    data = qa.write_eval_set(tmp_path, 1, seed=5, regime="realistic", size=224, num_frames=32, workers=1)
     for sample in read_benchmark("synthetic", data):
         answer = ask(model.eval(), processor, sample.video, format_prompt(sample.question, sample.options))
         assert extract_choice(answer.text, sample.options) is not None, answer.text
