@@ -1,0 +1,572 @@
+"""Accuracy at equal retention (issue 18): PruneVid presets against reference methods, paired, per regime.
+
+    python benchmarks/accuracy_study.py --regime original --seed 20261130 -n 400 \\
+        --out prunevid-eval/study-original --json benchmarks/results/accuracy_original.json
+    python benchmarks/accuracy_study.py --regime realistic --tune-seed 7002 --tune-n 240 \\
+        --model prunevid/data/synthetic-model-realistic \\
+        --model prunevid/data/synthetic-model-realistic-dropout --seed 20261130 -n 400 \\
+        --out prunevid-eval/study-realistic --json benchmarks/results/accuracy_realistic.json
+
+For one regime of the synthetic benchmark (:mod:`prunevid.synthetic_qa`), the held-out stream ``--seed``
+and each ``--model``, it answers the first ``-n`` questions (:func:`prunevid.evaluation.evaluate`, the
+harness of ``prunevid eval synthetic``, with the processor's output reused across the methods of a batch)
+under:
+
+- ``baseline`` (nothing pruned);
+- ``paper`` and the new preset (:data:`NEW_PRESET`) at each ``keep_ratio`` of :data:`STRENGTHS` (and at
+  their own: ``paper`` is 0.4);
+- ``random`` at the exact mean retention that each of those points measured, and ``uniform_frames``,
+  ``evs``, ``fastv`` at the one of ``paper`` and of the new preset; all four on :data:`REFERENCE_GRID`.
+
+``--tune-seed`` first chooses the new preset's settings for this regime among :func:`candidates` on that
+stream, by the protocol's rule (``docs/accuracy-protocol.md``: the highest accuracy at a retention of at
+most 15%, ties to the lower retention; :func:`choose`), and uses them for the final tables; without it the
+preset is used as shipped. ``--deadline`` (a Unix time) shortens the tuning so that the final tables fit.
+
+The JSON holds, per model: every method point's accuracy, mean retention, tokens per stage, accuracy per
+question type and each question's correctness (``1``/``0``, ``-`` for an error, in question order), and
+paired McNemar tests (:func:`mcnemar`) of the new preset and of ``paper`` against every reference method at
+the same retention. ``benchmarks/report_accuracy.py`` turns it into tables and curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import inspect
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prunevid.config import PruneVidConfig  # noqa: E402
+from prunevid.reference_methods import METHODS, reference_config  # noqa: E402
+
+NEW_PRESET = "coverage"
+# keep_ratio of the points of paper and of the new preset (each also at its own).
+STRENGTHS = (0.2, 0.4, 0.6, 0.8)
+PAPER_KEEP = 0.4
+REFERENCE_GRID = (0.05, 0.2)
+MAX_RETENTION = 0.15  # the protocol's choice rule: the best accuracy at a retention of at most 15%
+FINAL_SEED = 20_261_130
+
+
+# ------------------------------------------------------------------------------------------------------
+# The methods
+
+
+def point_name(family: str, keep_ratio: float) -> str:
+    """``paper`` / ``coverage`` at their preset strength, else ``<family>@k<keep_ratio>``."""
+    return f"{family}@k{keep_ratio:g}"
+
+
+def pruning_points(family: str, base: PruneVidConfig) -> dict[str, PruneVidConfig]:
+    """``base`` at each ``keep_ratio`` of :data:`STRENGTHS`, and at its own when that is not one of them."""
+    keeps = sorted({*STRENGTHS, base.keep_ratio})
+    return {point_name(family, keep): base.replace(keep_ratio=keep) for keep in keeps}
+
+
+def reference_points(
+    measured: Mapping[str, float], main: Sequence[str], grid: Sequence[float] = REFERENCE_GRID
+) -> dict[str, PruneVidConfig]:
+    """The reference methods' points: ``random`` at every retention of ``measured`` (``{label:
+    retention}``, the PruneVid points it is paired with) and on ``grid``; the other methods at the
+    retentions of the ``main`` labels (the presets' own points) and on ``grid``. Named
+    ``<method>@<label>``, the grid's labels being ``r<retention>``."""
+    on_grid = {f"r{r:g}": r for r in grid}
+    points = {}
+    for method in METHODS:
+        labels = measured if method == "random" else {k: measured[k] for k in main}
+        for label, retention in {**on_grid, **labels}.items():
+            points[f"{method}@{label}"] = reference_config(method, retention)
+    return points
+
+
+def candidates(base: PruneVidConfig) -> dict[str, PruneVidConfig]:
+    """The new preset's strength settings tried on a tuning stream: ``keep_ratio`` x ``cluster_ratio``,
+    its improvements as shipped."""
+    grid = {}
+    for keep in STRENGTHS:
+        for cluster in (0.25, 0.5):
+            grid[f"{NEW_PRESET}@k{keep:g}c{cluster:g}"] = base.replace(keep_ratio=keep, cluster_ratio=cluster)
+    return grid
+
+
+def ablation_configs() -> dict[str, PruneVidConfig]:
+    """The tuning-seed ablation of the original regime (``--ablation``): ``paper``, each improvement
+    alone on it, all four together, candidates for the new preset's strength (``A``-``F``: the
+    improvements with more tokens kept), and ``random`` at three retentions."""
+    paper = PruneVidConfig.preset("paper")
+    three = paper.replace(static_test="consecutive", static_time="middle", stage2_coverage=0.5)
+    four = three.replace(spatial_merge="kcentre")
+    return {
+        "baseline": PruneVidConfig(),
+        "paper": paper,
+        "p_consec": paper.replace(static_test="consecutive"),
+        "p_middle": paper.replace(static_time="middle"),
+        "p_kc05": paper.replace(stage2_coverage=0.5),
+        "p_skc": paper.replace(spatial_merge="kcentre"),
+        "p_all4": four,
+        "A_all4_k06": four.replace(keep_ratio=0.6),
+        "B_all4_k08": four.replace(keep_ratio=0.8),
+        "C_3_k06": three.replace(keep_ratio=0.6),
+        "E_all4_c1_k04": four.replace(cluster_ratio=1.0),
+        "F_all4_c1_k03": four.replace(cluster_ratio=1.0, keep_ratio=0.3),
+        "random": reference_config("random", 0.066),
+        "random_10": reference_config("random", 0.10),
+        "random_15": reference_config("random", 0.15),
+    }
+
+
+def run_ablation(data: Path, out: Path, seed: int, n: int, batch_size: int) -> dict[str, Any]:
+    """:func:`ablation_configs` on the first ``n`` questions of the tuning stream ``seed`` (original
+    regime, shipped model), with each configuration's McNemar z against ``random`` at the nearest of its
+    retentions, and the protocol's choice (:func:`choose`) among the new preset's configurations."""
+    import torch
+
+    from prunevid.pipeline import load
+    from prunevid.synthetic_qa import MODEL_DIR
+
+    if seed == FINAL_SEED:
+        raise SystemExit("the final seed is for the final tables only (accuracy protocol)")
+    model, processor, pruner = load(MODEL_DIR, PruneVidConfig.preset("baseline"), dtype=torch.float32)
+    pruner.detach()
+    configs = ablation_configs()
+    data = write_set(data, n, seed, "original")
+    methods = evaluate_methods(model, processor, data, out, configs, n, batch_size, Clock())
+    randoms = {name: m for name, m in methods.items() if name.startswith("random")}
+    z_vs_random = {}
+    for name, row in methods.items():
+        if name.startswith("random") or name == "baseline":
+            continue
+        nearest = min(randoms, key=lambda r: abs(randoms[r]["retention"] - row["retention"]))
+        z_vs_random[name] = mcnemar(row["correct"], randoms[nearest]["correct"])["z"]
+    candidates = {k: v for k, v in methods.items() if k.startswith(("p_", "A_", "B_", "C_", "E_", "F_"))}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "regime": "original",
+        "seed": seed,
+        "n": n,
+        "model": MODEL_DIR.name,
+        "device": "cpu",
+        "settings": {name: _settings(config) for name, config in configs.items()},
+        "methods": methods,
+        "z_vs_random": z_vs_random,
+        "chosen": choose(candidates),
+    }
+
+
+def choose(results: Mapping[str, Mapping[str, float]], max_retention: float = MAX_RETENTION) -> str:
+    """The protocol's choice rule: among ``{name: {"accuracy", "retention"}}``, the highest accuracy at a
+    retention of at most ``max_retention``; ties go to the lower retention, then to the name.
+
+    Raises:
+        ValueError: no candidate keeps at most ``max_retention``.
+    """
+    eligible = [(name, r) for name, r in results.items() if r["retention"] <= max_retention]
+    if not eligible:
+        raise ValueError(f"no candidate keeps at most {max_retention:.0%} of the video tokens")
+    return min(eligible, key=lambda item: (-item[1]["accuracy"], item[1]["retention"], item[0]))[0]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Paired statistics
+
+
+def mcnemar(first: str, second: str) -> dict[str, float]:
+    """McNemar's test of two methods on the same questions, from their correctness strings (``1`` right,
+    ``0`` wrong, ``-`` not scored): how many only ``first`` got right, only ``second``, and
+    ``z = (a - b) / sqrt(a + b)`` (0 without discordant pairs; z >= 1.96: ``first`` better at the 5% level).
+    """
+    if len(first) != len(second):
+        raise ValueError(f"the two methods answered {len(first)} and {len(second)} questions")
+    only_first = sum(a == "1" and b == "0" for a, b in zip(first, second, strict=True))
+    only_second = sum(a == "0" and b == "1" for a, b in zip(first, second, strict=True))
+    total = only_first + only_second
+    z = (only_first - only_second) / math.sqrt(total) if total else 0.0
+    return {"only_first": only_first, "only_second": only_second, "z": round(z, 3)}
+
+
+def summarize_rows(rows: Sequence[dict[str, Any]], ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per method: accuracy, mean retention, mean tokens per stage, accuracy per question type, and the
+    correctness string over ``ids`` (question order)."""
+    by_method: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        by_method.setdefault(row["preset"], {})[row["id"]] = row
+    out = {}
+    for name, answered in by_method.items():
+        scored = [answered[i] for i in ids if i in answered and answered[i].get("correct") is not None]
+        types: dict[str, list[bool]] = {}
+        for row in scored:
+            types.setdefault(str(row["group"]), []).append(bool(row["correct"]))
+
+        def mean(key: str, rows: list[dict[str, Any]] = scored) -> float | None:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            return sum(values) / len(values) if values else None
+
+        out[name] = {
+            "accuracy": sum(bool(r["correct"]) for r in scored) / len(scored) if scored else None,
+            "scored": len(scored),
+            "retention": mean("retention"),
+            "tokens": [mean("tokens_in"), mean("tokens_after_stage1"), mean("tokens_after_stage2")],
+            "per_type": {t: sum(v) / len(v) for t, v in sorted(types.items())},
+            "correct": "".join(
+                "-"
+                if i not in answered or answered[i].get("correct") is None
+                else "1"
+                if answered[i]["correct"]
+                else "0"
+                for i in ids
+            ),
+        }
+    return out
+
+
+def paired_tests(methods: Mapping[str, dict[str, Any]], families: Mapping[str, str]) -> list[dict[str, Any]]:
+    """McNemar of every PruneVid point whose retention a reference method was run at (``families``: the
+    point's label in the reference names -> the point's name) against each reference method there."""
+    tests = []
+    for label, point in families.items():
+        for method in METHODS:
+            reference = f"{method}@{label}"
+            if point in methods and reference in methods:
+                tests.append(
+                    {
+                        "first": point,
+                        "second": reference,
+                        "retention_first": methods[point]["retention"],
+                        "retention_second": methods[reference]["retention"],
+                        "accuracy_first": methods[point]["accuracy"],
+                        "accuracy_second": methods[reference]["accuracy"],
+                        **mcnemar(methods[point]["correct"], methods[reference]["correct"]),
+                    }
+                )
+    return tests
+
+
+# ------------------------------------------------------------------------------------------------------
+# Running
+
+
+def reusing_processor(processor: Any, device: Any) -> Any:
+    """A copy of ``processor`` that returns the previous call's output (moved to ``device`` once) when it
+    is called again with the same texts and the same frame arrays, as the harness does for every method
+    of a batch; the frames are not preprocessed again for each method. Its class derives from the
+    processor's, so every family check still sees the real processor."""
+    base = type(processor)
+
+    class Reusing(base):  # type: ignore[misc, valid-type]
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            videos = kwargs.get("videos") or []
+            key = (repr(kwargs.get("text")), tuple(id(v) for v in videos), repr(sorted(kwargs)))
+            held = self.__dict__.get("_prunevid_last")
+            if held is not None and held[0] == key:
+                return held[2]
+            output = base.__call__(self, *args, **kwargs).to(device)
+            # The frame arrays are held with the key, so their ids cannot be reused while it is cached.
+            self.__dict__["_prunevid_last"] = (key, list(videos), output)
+            return output
+
+    Reusing.__name__ = Reusing.__qualname__ = base.__name__
+    clone = copy.copy(processor)
+    clone.__class__ = Reusing
+    return clone
+
+
+class Clock:
+    """Seconds per answered (question, method) pair, measured as the study runs."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.answers = 0
+
+    def run(self, work: Callable[[], Any], answers: int) -> Any:
+        started = time.perf_counter()
+        result = work()
+        self.seconds += time.perf_counter() - started
+        self.answers += answers
+        return result
+
+    @property
+    def per_answer(self) -> float | None:
+        return self.seconds / self.answers if self.answers else None
+
+
+def write_set(folder: Path, n: int, seed: int, regime: str) -> Path:
+    """The first ``n`` questions of stream ``seed`` of ``regime`` as videos + index (resumable)."""
+    from prunevid.synthetic_qa import write_eval_set
+
+    kwargs: dict[str, Any] = {}
+    if "regime" in inspect.signature(write_eval_set).parameters:
+        kwargs["regime"] = regime
+    elif regime != "original":
+        raise SystemExit("this prunevid has no realistic regime yet (prunevid.synthetic_qa)")
+    # A handful of questions is written here; a pool of processes only pays off for many.
+    return write_eval_set(folder, n, seed, workers=1 if n <= 24 else None, **kwargs)
+
+
+def evaluate_methods(
+    model: Any,
+    processor: Any,
+    data: Path,
+    out: Path,
+    configs: Mapping[str, PruneVidConfig],
+    n: int,
+    batch_size: int,
+    clock: Clock,
+) -> dict[str, dict[str, Any]]:
+    """Answer the first ``n`` questions of ``data`` under ``configs`` (resuming what ``out`` holds) and
+    summarize every method there (:func:`summarize_rows`)."""
+    from prunevid.benchmarks_data import read_benchmark
+    from prunevid.evaluation import evaluate, read_rows
+
+    samples = sorted(read_benchmark("synthetic", data), key=lambda s: int(s.id.rsplit("-", 1)[1]))[:n]
+    done = {(r["id"], r["preset"]) for r in read_rows(out / "predictions.jsonl")}
+    todo = sum((s.id, name) not in done for s in samples for name in configs)
+    clock.run(
+        lambda: evaluate(
+            model,
+            processor,
+            samples,
+            out,
+            dict(configs),
+            benchmark="synthetic",
+            batch_size=batch_size,
+            warmup=False,
+            progress=False,
+        ),
+        todo,
+    )
+    rows = read_rows(out / "predictions.jsonl")
+    names = set(configs)
+    return summarize_rows([r for r in rows if r["preset"] in names], [s.id for s in samples])
+
+
+def study_model(
+    model_dir: Path,
+    regime: str,
+    seed: int,
+    n: int,
+    out: Path,
+    preset: PruneVidConfig,
+    batch_size: int,
+    clock: Clock,
+    *,
+    tune: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole table of one model: baseline, both pruning families, every reference method."""
+    import torch
+
+    from prunevid.pipeline import load
+
+    kwargs: dict[str, Any] = {"device_map": "cuda"} if torch.cuda.is_available() else {"dtype": torch.float32}
+    model, processor, pruner = load(model_dir, PruneVidConfig.preset("baseline"), **kwargs)
+    pruner.detach()
+    processor = reusing_processor(processor, model.device)
+    data = write_set(out / "data", n, seed, regime)
+    run_dir = out / model_dir.name
+    paper_points = pruning_points("paper", PruneVidConfig.preset("paper"))
+    new_points = pruning_points(NEW_PRESET, preset)
+    first = {"baseline": PruneVidConfig(), **paper_points, **new_points}
+    methods = evaluate_methods(model, processor, data, run_dir, first, n, batch_size, clock)
+    # Reference methods at the exact retention every PruneVid point measured, and on the grid.
+    labels = {name: name for name in (*paper_points, *new_points)}
+    measured = {label: methods[name]["retention"] for label, name in labels.items()}
+    main_points = (point_name("paper", PAPER_KEEP), point_name(NEW_PRESET, preset.keep_ratio))
+    references = reference_points(measured, main_points)
+    methods = evaluate_methods(model, processor, data, run_dir, {**first, **references}, n, batch_size, clock)
+    del model
+    return {
+        "model": model_dir.name,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "dtype": "float32" if not torch.cuda.is_available() else "checkpoint (bfloat16)",
+        "preset_settings": _settings(preset),
+        "preset_point": point_name(NEW_PRESET, preset.keep_ratio),
+        "paper_point": point_name("paper", PAPER_KEEP),
+        "tuning": tune,
+        "configs": {name: dataclasses.asdict(c) for name, c in {**first, **references}.items()},
+        "methods": methods,
+        "paired": paired_tests(methods, labels),
+    }
+
+
+def per_model_methods() -> int:
+    """How many methods one model's table answers every question under (:func:`study_model`)."""
+    pruning = 2 * len(STRENGTHS)
+    return 1 + pruning + len(METHODS) * len(REFERENCE_GRID) + pruning + 2 * (len(METHODS) - 1)
+
+
+def _settings(config: PruneVidConfig) -> dict[str, Any]:
+    """The fields of ``config`` that differ from ``paper``'s."""
+    paper = dataclasses.asdict(PruneVidConfig.preset("paper"))
+    return {k: v for k, v in dataclasses.asdict(config).items() if paper.get(k) != v}
+
+
+def tune_preset(
+    model_dir: Path,
+    regime: str,
+    seed: int,
+    n: int,
+    out: Path,
+    base: PruneVidConfig,
+    batch_size: int,
+    clock: Clock,
+    reserve: Callable[[float | None], float],
+    deadline: float | None,
+) -> tuple[PruneVidConfig, dict[str, Any]]:
+    """Choose the new preset's settings on the tuning stream ``seed`` (:func:`choose` over
+    :func:`candidates`). Questions are added in chunks of 48 while the deadline leaves room for
+    ``reserve(seconds per answer)`` seconds of final tables."""
+    import torch
+
+    from prunevid.pipeline import load
+
+    kwargs: dict[str, Any] = {"device_map": "cuda"} if torch.cuda.is_available() else {"dtype": torch.float32}
+    model, processor, pruner = load(model_dir, PruneVidConfig.preset("baseline"), **kwargs)
+    pruner.detach()
+    processor = reusing_processor(processor, model.device)
+    grid = {"baseline": PruneVidConfig(), **candidates(base)}
+    data = write_set(out / "tune-data", n, seed, regime)
+    asked = 0
+    results: dict[str, dict[str, Any]] = {}
+    while asked < n:
+        step = min(n, asked + 48) - asked
+        if deadline is not None and clock.per_answer is not None:
+            left = deadline - time.time() - reserve(clock.per_answer)
+            if left < step * len(grid) * clock.per_answer:
+                break
+        asked += step
+        results = evaluate_methods(model, processor, data, out / "tune", grid, asked, batch_size, clock)
+    del model
+    scores = {k: v for k, v in results.items() if k != "baseline"}
+    chosen = choose(scores)
+    record = {
+        "seed": seed,
+        "questions": asked,
+        "rule": f"highest accuracy at retention <= {MAX_RETENTION:.0%}; ties: lower retention",
+        "chosen": chosen,
+        "candidates": {
+            name: {
+                "settings": _settings(grid[name]),
+                **{k: r[k] for k in ("accuracy", "retention", "per_type")},
+            }
+            for name, r in results.items()
+        },
+    }
+    return grid[chosen], record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+    import transformers
+
+    from prunevid.synthetic_qa import MODEL_DIR
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--regime", default="original", help="original or realistic")
+    parser.add_argument("--model", action="append", type=Path, help="checkpoint folder (repeatable)")
+    parser.add_argument("--seed", type=int, default=FINAL_SEED, help="the held-out stream of the tables")
+    parser.add_argument("-n", type=int, default=400, help="questions of the tables")
+    parser.add_argument("--tune-seed", type=int, help="choose the new preset's settings on this stream first")
+    parser.add_argument("--tune-n", type=int, default=240, help="at most this many tuning questions")
+    parser.add_argument("--tune-model", type=Path, help="the model to tune with (default: the first --model)")
+    parser.add_argument("--out", type=Path, required=True, help="working folder (data, predictions)")
+    parser.add_argument("--json", type=Path, required=True, help="where the study's JSON goes")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 1 on a CPU, 64 on a GPU")
+    parser.add_argument("--deadline", type=float, help="Unix time by which the study must be done")
+    parser.add_argument(
+        "--ablation", action="store_true", help="the original regime's tuning ablation on --seed instead"
+    )
+    parser.add_argument("--data", type=Path, help="--ablation: the question set's folder (default OUT/data)")
+    args = parser.parse_args(argv)
+    if args.ablation:
+        ablation = run_ablation(
+            args.data or args.out / "data", args.out, args.seed, args.n, args.batch_size or 1
+        )
+        ablation["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
+        args.json.write_text(json.dumps(ablation, indent=1) + "\n", encoding="utf-8")
+        print(f"chosen: {ablation['chosen']}")
+        return 0
+    models = args.model or [MODEL_DIR]
+    batch_size = args.batch_size or (64 if torch.cuda.is_available() else 1)
+    if args.seed == args.tune_seed:
+        raise SystemExit("the tuning stream must differ from the stream of the tables (accuracy protocol)")
+    preset = PruneVidConfig.preset(NEW_PRESET)
+    clock = Clock()
+    tuning = None
+    if args.tune_seed is not None:
+
+        def reserve(per_answer: float | None) -> float:
+            # Room kept for the tables: every model's methods on n questions.
+            return 1.15 * (per_answer or 0.0) * per_model_methods() * args.n * len(models)
+
+        preset, tuning = tune_preset(
+            args.tune_model or models[0],
+            args.regime,
+            args.tune_seed,
+            args.tune_n,
+            args.out,
+            preset,
+            batch_size,
+            clock,
+            reserve,
+            args.deadline,
+        )
+        print(f"tuning: {tuning['chosen']} ({tuning['questions']} questions)", flush=True)
+    studies = []
+    for index, model_dir in enumerate(models):
+        n = args.n
+        if args.deadline is not None and clock.per_answer is not None:
+            # What is left is shared by the models still to run; a whole number of 24-question blocks
+            # (every question type and answer letter equally often).
+            share = (args.deadline - time.time()) / (len(models) - index)
+            fits = int(share / (1.15 * clock.per_answer * per_model_methods()))
+            n = min(n, max(24, fits - fits % 24))
+        studies.append(
+            study_model(
+                model_dir, args.regime, args.seed, n, args.out, preset, batch_size, clock, tune=tuning
+            )
+        )
+        print(f"{model_dir.name}: {clock.per_answer:.4f} s per answer", flush=True)
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "regime": args.regime,
+        "seed": args.seed,
+        "n": args.n,
+        "new_preset": NEW_PRESET,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or "unknown"},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "batch_size": batch_size,
+        "seconds_per_answer": clock.per_answer,
+        "models": studies,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    for study in studies:
+        for test in study["paired"]:
+            if test["second"].startswith("random@") and test["first"] in (
+                study["preset_point"],
+                study["paper_point"],
+            ):
+                print(
+                    f"{study['model']}: {test['first']} {test['accuracy_first']:.3f} vs {test['second']} "
+                    f"{test['accuracy_second']:.3f} at {test['retention_first']:.3f}: z = {test['z']}"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""The accuracy study (benchmarks/accuracy_study.py) on CPU on a few questions, and its statistics."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import accuracy_study  # noqa: E402
+import report_accuracy  # noqa: E402
+
+
+def test_mcnemar_counts_discordant_pairs() -> None:
+    assert accuracy_study.mcnemar("1101", "1000") == {"only_first": 2, "only_second": 0, "z": 1.414}
+    assert accuracy_study.mcnemar("0-1", "1-1") == {"only_first": 0, "only_second": 1, "z": -1.0}
+    assert accuracy_study.mcnemar("11", "11")["z"] == 0.0
+    with pytest.raises(ValueError, match="answered 2 and 3"):
+        accuracy_study.mcnemar("11", "111")
+
+
+def test_choice_rule_is_the_protocols() -> None:
+    results = {
+        "a": {"accuracy": 0.9, "retention": 0.2},  # too many tokens kept
+        "b": {"accuracy": 0.8, "retention": 0.15},
+        "c": {"accuracy": 0.8, "retention": 0.10},  # tie on accuracy: the lower retention wins
+        "d": {"accuracy": 0.7, "retention": 0.05},
+    }
+    assert accuracy_study.choose(results) == "c"
+    with pytest.raises(ValueError, match="no candidate keeps at most 15%"):
+        accuracy_study.choose({"a": results["a"]})
+
+
+def test_study_runs_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fewer points than the real study, so that the smoke run takes seconds; the code path is the same.
+    monkeypatch.setattr(accuracy_study, "STRENGTHS", (0.4,))
+    monkeypatch.setattr(accuracy_study, "REFERENCE_GRID", (0.1,))
+    base = accuracy_study.candidates
+    monkeypatch.setattr(accuracy_study, "candidates", lambda preset: dict(list(base(preset).items())[:2]))
+    out = tmp_path / "study.json"
+    args = [
+        "--seed",
+        "5",
+        "-n",
+        "2",
+        "--tune-seed",
+        "6",
+        "--tune-n",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--json",
+        str(out),
+    ]
+    assert accuracy_study.main(args) == 0
+    result = json.loads(out.read_text())
+    assert (result["regime"], result["seed"], result["n"]) == ("original", 5, 2)
+    (study,) = result["models"]
+    assert study["model"] == "synthetic-model" and study["tuning"]["questions"] == 2
+    methods = study["methods"]
+    preset, paper = study["preset_point"], study["paper_point"]
+    assert {"baseline", preset, paper, f"random@{preset}", f"random@{paper}", "fastv@r0.1"} <= set(methods)
+    for name, row in methods.items():
+        assert len(row["correct"]) == 2 and set(row["correct"]) <= {"0", "1"}, name
+        assert 0 < row["retention"] <= 1 and row["scored"] == 2
+        assert sum(row["per_type"].values()) >= 0 and set(row["per_type"]) <= {"colour", "shape"}
+    assert methods["baseline"]["retention"] == 1.0
+    # Random runs at exactly the retention the PruneVid point measured (to the rounding of a token count).
+    assert methods[f"random@{preset}"]["retention"] == pytest.approx(
+        methods[preset]["retention"], abs=2 / 512
+    )
+    pairs = {(t["first"], t["second"]) for t in study["paired"]}
+    assert {(preset, f"random@{preset}"), (paper, f"random@{paper}")} <= pairs
+    # The report renders it (tables, targets) without a plot.
+    text = "\n".join(report_accuracy.section_lines([result], {}))
+    assert "### Original regime" in text and f"{preset} beats random at equal retention" in text
