@@ -362,8 +362,13 @@ def study_model(
     clock: Clock,
     *,
     tune: dict[str, Any] | None = None,
+    until: float | None = None,
 ) -> dict[str, Any]:
-    """The whole table of one model: baseline, both pruning families, every reference method."""
+    """The whole table of one model: baseline, both pruning families, every reference method.
+
+    With ``until`` (a Unix time) the first ``batch_size`` questions are answered under the PruneVid points
+    first, and ``n`` is cut to the whole 24-question blocks that the measured time per answer lets finish
+    by then (every question type and answer letter equally often)."""
     import torch
 
     from prunevid.pipeline import load
@@ -377,6 +382,14 @@ def study_model(
     paper_points = pruning_points("paper", PruneVidConfig.preset("paper"))
     new_points = pruning_points(NEW_PRESET, preset)
     first = {"baseline": PruneVidConfig(), **paper_points, **new_points}
+    if until is not None and n > batch_size:
+        probe = Clock()
+        evaluate_methods(model, processor, data, run_dir, first, batch_size, batch_size, probe)
+        clock.seconds, clock.answers = clock.seconds + probe.seconds, clock.answers + probe.answers
+        left = until - time.time() + probe.seconds * per_model_methods() / len(first)  # probe's share back
+        fits = int(left / (1.15 * max(probe.per_answer or 0.0, 1e-6) * per_model_methods()))
+        n = min(n, max(batch_size, fits - fits % 24))
+        print(f"{model_dir.name}: {probe.per_answer:.4f} s per answer; {n} questions fit", flush=True)
     methods = evaluate_methods(model, processor, data, run_dir, first, n, batch_size, clock)
     # Reference methods at the exact retention every PruneVid point measured, and on the grid.
     labels = {name: name for name in (*paper_points, *new_points)}
@@ -387,6 +400,7 @@ def study_model(
     del model
     return {
         "model": model_dir.name,
+        "n": n,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "dtype": "float32" if not torch.cuda.is_available() else "checkpoint (bfloat16)",
         "preset_settings": _settings(preset),
@@ -524,16 +538,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tuning: {tuning['chosen']} ({tuning['questions']} questions)", flush=True)
     studies = []
     for index, model_dir in enumerate(models):
-        n = args.n
-        if args.deadline is not None and clock.per_answer is not None:
-            # What is left is shared by the models still to run; a whole number of 24-question blocks
-            # (every question type and answer letter equally often).
-            share = (args.deadline - time.time()) / (len(models) - index)
-            fits = int(share / (1.15 * clock.per_answer * per_model_methods()))
-            n = min(n, max(24, fits - fits % 24))
+        # What is left is shared by the models still to run.
+        until = None
+        if args.deadline is not None:
+            until = time.time() + (args.deadline - time.time()) / (len(models) - index)
         studies.append(
             study_model(
-                model_dir, args.regime, args.seed, n, args.out, preset, batch_size, clock, tune=tuning
+                model_dir,
+                args.regime,
+                args.seed,
+                args.n,
+                args.out,
+                preset,
+                batch_size,
+                clock,
+                tune=tuning,
+                until=until,
             )
         )
         print(f"{model_dir.name}: {clock.per_answer:.4f} s per answer", flush=True)

@@ -218,7 +218,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         ax.set_xlabel("video tokens kept (%, log scale)")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(
-            f"{result['regime']} regime, {study['model']} (seed {result['seed']}, n={result['n']})",
+            f"{result['regime']} regime, {study['model']} (seed {result['seed']}, "
+            f"n={study.get('n', result['n'])})",
             fontsize=9,
         )
         ax.legend(fontsize=7)
@@ -280,7 +281,7 @@ def section_lines(
                 "",
             ]
         for study in result["models"]:
-            lines += [*model_lines(result["regime"], study, result["n"]), ""]
+            lines += [*model_lines(result["regime"], study, study.get("n", result["n"])), ""]
         if result["regime"] in pngs:
             lines += [f"![accuracy vs retention, {result['regime']} regime]({pngs[result['regime']]})", ""]
     return lines
