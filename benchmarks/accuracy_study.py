@@ -76,13 +76,14 @@ def pruning_points(family: str, base: PruneVidConfig) -> dict[str, PruneVidConfi
 
 
 def reference_points(
-    measured: Mapping[str, float], main: Sequence[str], grid: Sequence[float] = REFERENCE_GRID
+    measured: Mapping[str, float], main: Sequence[str], grid: Sequence[float] | None = None
 ) -> dict[str, PruneVidConfig]:
     """The reference methods' points: ``random`` at every retention of ``measured`` (``{label:
-    retention}``, the PruneVid points it is paired with) and on ``grid``; the other methods at the
+    retention}``, the PruneVid points it is paired with) and on ``grid`` (default
+    :data:`REFERENCE_GRID`); the other methods at the
     retentions of the ``main`` labels (the presets' own points) and on ``grid``. Named
     ``<method>@<label>``, the grid's labels being ``r<retention>``."""
-    on_grid = {f"r{r:g}": r for r in grid}
+    on_grid = {f"r{r:g}": r for r in (REFERENCE_GRID if grid is None else grid)}
     points = {}
     for method in METHODS:
         labels = measured if method == "random" else {k: measured[k] for k in main}
@@ -163,6 +164,87 @@ def run_ablation(data: Path, out: Path, seed: int, n: int, batch_size: int) -> d
         "z_vs_random": z_vs_random,
         "chosen": choose(candidates),
     }
+
+
+def kept_token_evidence(seed: int, indices: Sequence[int], data: Path) -> dict[str, Any]:
+    """Where a question's objects go, for the shipped model on questions ``indices`` of the tuning stream
+    ``seed`` (original regime) under ``paper``, ``paper`` with the k-centre spatial merge, and ``coverage``:
+    per object, each merged token that holds at least 30% of one of its source tokens' pixels, with its
+    frame pair, grid cell, number of source tokens, the object's share of its pixels and whether Stage 2
+    kept it; and the answer. (:func:`kept_token_maps.object_shares` and ``run_preset`` read the scene and
+    the pruner's statistics.)"""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from kept_token_maps import object_shares, run_preset
+
+    from prunevid.benchmarks_data import read_benchmark
+    from prunevid.evaluation import load_sample_clip
+    from prunevid.pipeline import load
+    from prunevid.qwen2_5_vl import attach
+    from prunevid.synthetic_qa import MODEL_DIR, make_sample
+
+    if seed == FINAL_SEED:
+        raise SystemExit("the final seed is for the final tables only (accuracy protocol)")
+    model, processor, pruner = load(MODEL_DIR, PruneVidConfig.preset("baseline"), dtype=torch.float32)
+    pruner.detach()
+    samples = {
+        s.id: s for s in read_benchmark("synthetic", write_set(data, max(indices) + 1, seed, "original"))
+    }
+    paper = PruneVidConfig.preset("paper")
+    configs = {
+        "baseline": PruneVidConfig(),
+        "paper": paper,
+        "paper+kcentre": paper.replace(spatial_merge="kcentre"),
+        NEW_PRESET: PruneVidConfig.preset(NEW_PRESET),
+    }
+    questions = []
+    for index in indices:
+        truth = make_sample(seed, index)
+        sample = samples[truth.id]
+        clip = load_sample_clip(sample)
+        shares = object_shares(truth.scene)
+        per_frame = (truth.scene.size // 28) ** 2
+        entry: dict[str, Any] = {
+            "id": truth.id,
+            "type": truth.question_type,
+            "question": truth.question,
+            "answer": truth.options["ABCD".index(truth.answer)],
+            "objects": [
+                f"{o.colour} {o.shape}" + (" (moving)" if any(o.velocity) else "") for o in truth.scene.shapes
+            ],
+            "configs": {},
+        }
+        for name, config in configs.items():
+            with attach(model, config):
+                text, merged_into, kept = run_preset(model, processor, sample, clip)
+            reps = sorted(set(merged_into.tolist()) - {-1})
+            objects = []
+            for k in range(shares.shape[0]):
+                tokens = []
+                for rep in reps:
+                    members = merged_into == rep
+                    if shares[k][members].max() >= 0.3:
+                        cell = rep % per_frame
+                        side = truth.scene.size // 28
+                        tokens.append(
+                            {
+                                "pair": int(rep // per_frame),
+                                "cell": [int(cell // side), int(cell % side)],
+                                "sources": int(members.sum()),
+                                "share": round(float(shares[k][members].mean()), 2),
+                                "kept": rep in kept,
+                            }
+                        )
+                objects.append(tokens)
+            entry["configs"][name] = {
+                "answer": text,
+                "stage1": len(reps),
+                "stage2": len(kept),
+                "objects": objects,
+            }
+        questions.append(entry)
+    return {"seed": seed, "model": MODEL_DIR.name, "questions": questions}
 
 
 def choose(results: Mapping[str, Mapping[str, float]], max_retention: float = MAX_RETENTION) -> str:
@@ -501,7 +583,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ablation", action="store_true", help="the original regime's tuning ablation on --seed instead"
     )
     parser.add_argument("--data", type=Path, help="--ablation: the question set's folder (default OUT/data)")
+    parser.add_argument(
+        "--kept-tokens", help="comma-separated question indices of --seed: where their objects' tokens go"
+    )
     args = parser.parse_args(argv)
+    if args.kept_tokens:
+        indices = [int(i) for i in args.kept_tokens.split(",")]
+        evidence = kept_token_evidence(args.seed, indices, args.data or args.out / "data")
+        args.json.write_text(json.dumps(evidence, indent=1) + "\n", encoding="utf-8")
+        return 0
     if args.ablation:
         ablation = run_ablation(
             args.data or args.out / "data", args.out, args.seed, args.n, args.batch_size or 1

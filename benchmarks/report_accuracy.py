@@ -25,6 +25,7 @@ HEADING = "## Accuracy at equal retention (issue 18)"
 RESULTS = ROOT / "benchmarks" / "results"
 STUDIES = ("accuracy_original.json", "accuracy_realistic.json")
 ABLATION = RESULTS / "accuracy_tuning_original.json"
+KEPT_TOKENS = RESULTS / "accuracy_kept_tokens_original.json"
 REFERENCES = ("random", "uniform_frames", "evs", "fastv")
 FAMILY_STYLE = {
     "paper": ("tab:blue", "s-"),
@@ -172,7 +173,13 @@ def ablation_lines(ablation: dict[str, Any]) -> list[str]:
         "|---|---|---|---|" + "---|" * len(types) + "---|",
     ]
     for name, row in methods.items():
-        changes = ", ".join(f"{k}={v!r}" for k, v in ablation["settings"].get(name, {}).items()) or "-"
+        settings = ablation["settings"].get(name, {})
+        if name == "baseline":
+            changes = "nothing pruned"
+        elif "method" in settings:
+            changes = f"{settings['method']} at {settings['retention']:.1%} retention"
+        else:
+            changes = ", ".join(f"{k}={v!r}" for k, v in settings.items()) or "-"
         z = ablation.get("z_vs_random", {}).get(name)
         lines.append(
             f"| {name} | {changes} | {_pct(row['accuracy'])} | {_pct(row['retention'])} | "
@@ -186,6 +193,43 @@ def ablation_lines(ablation: dict[str, Any]) -> list[str]:
             "lower "
             f"retention): `{ablation['chosen']}`, shipped as the `coverage` preset.",
         ]
+    return lines
+
+
+def kept_token_lines(evidence: dict[str, Any]) -> list[str]:
+    """Markdown for ``accuracy_study.py --kept-tokens``: per question and configuration, the answer, the
+    tokens after each stage, and per object the merged tokens that show it (frame pairs, source tokens,
+    the object's best pixel share)."""
+    lines = [
+        f"Where the objects of some tuning-seed count questions go ({evidence['model']}, seed "
+        f"{evidence['seed']}, `accuracy_study.py --kept-tokens`): per object, the merged tokens holding at "
+        "least 30% of it in one source token: how many, in which frame pairs, from how many source tokens "
+        "each, and the object's best share of a token's pixels (unpruned: 1 source each, every frame "
+        "pair).",
+        "",
+        "| question | objects (right answer) | configuration | answer | tokens after stage 1 / 2 "
+        "| per object: tokens, frame pairs, sources each, best share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for q in evidence["questions"]:
+        for name, c in q["configs"].items():
+            per_object = []
+            for tokens in c["objects"]:
+                if not tokens:
+                    per_object.append("none")
+                    continue
+                pairs = sorted({t["pair"] for t in tokens})
+                sources = sorted({t["sources"] for t in tokens})
+                best = max(t["share"] for t in tokens)
+                kept = sum(t["kept"] for t in tokens)
+                per_object.append(
+                    f"{len(tokens)} ({kept} kept), pairs {','.join(map(str, pairs))}, "
+                    f"{'/'.join(map(str, sources))} src, {best:.0%}"
+                )
+            lines.append(
+                f"| {q['id']} | {', '.join(q['objects'])} ({q['answer']}) | {name} | {c['answer']} "
+                f"| {c['stage1']} / {c['stage2']} | {'; '.join(per_object)} |"
+            )
     return lines
 
 
@@ -284,7 +328,42 @@ def section_lines(
             lines += [*model_lines(result["regime"], study, study.get("n", result["n"])), ""]
         if result["regime"] in pngs:
             lines += [f"![accuracy vs retention, {result['regime']} regime]({pngs[result['regime']]})", ""]
+    lines += WHY
+    if KEPT_TOKENS.is_file():
+        lines += ["", *kept_token_lines(json.loads(KEPT_TOKENS.read_text(encoding="utf-8"))), ""]
     return lines
+
+
+# What the tables and the kept-token evidence say about the targets (read from the committed results of
+# 2026-11-30; the numbers are in the tables above and below).
+WHY = [
+    "### What the improvements do, and why targets are missed",
+    "",
+    "- Each improvement answers a measured failure of `paper` on the tuning seed. Static objects: in a "
+    "clip with no change, Stage 1 makes one segment and collapses every position, and DPC-KNN merges a "
+    "small static object into a cluster of background cells (56-88 source tokens, 20-43% of them the "
+    "object, below); `paper` then over-counts (13 of its 16 lost count answers in the first 300 tuning "
+    "questions said one more than the truth). The k-centre spatial merge keeps such an object's cells "
+    "pure; the middle time puts a collapsed token in the middle of its span (colour and end answers rose "
+    "most); the consecutive static test keeps a position dynamic when one frame pair differs; Stage-2 "
+    "coverage keeps a token of every distinct thing of a frame before spending the rest by attention.",
+    "- Alone, each moves accuracy by -2.5 to +4 points at paper's retention (the tuning table); together, "
+    "with the Stage-2 budget the rule chose, `coverage` is above `paper` at each strength (the weakest on "
+    "the dropout-trained model excepted, where it also keeps half as many tokens), and it wins most where "
+    "tokens must be placed in time (end, order: merged tokens keep every frame pair represented, random "
+    "drops whole events).",
+    "- Original regime, target missed (z = 1.15 < 1.96): at 15% retention random keeps 77 real tokens "
+    "spread over all 8 frame pairs, enough for this 512-token clip; `coverage` still collapses static "
+    "content into one frame pair, which the model never saw in training, and loses count answers to it "
+    "(kept-token rows below: the object is intact under `paper+kcentre` and `coverage`, yet a one-object "
+    "clip is answered 'two' or 'three'). Only 120 questions were run (the GPU call's time budget, planned "
+    "from a first batch that included the GPU's warm-up), so z is small at a +4 point gap.",
+    "- Realistic regime, 95% target missed: the rule picked the best tuning accuracy at <= 15% retention "
+    "among the strength grid (`keep_ratio` 0.2-0.8 x `cluster_ratio` 0.25/0.5), whose points all keep "
+    "1-5% of the 4096 tokens; `coverage` keeps 91-93% of the unpruned accuracy there (end and order lose "
+    "most), and no setting nearer 15% was in the grid. Random reaches 97-100% of unpruned at 20%. The "
+    "beat-random target is met on both realistic models (z = 3.8 and 3.3; the dropout-trained model too).",
+]
 
 
 def splice(markdown: str, section: list[str]) -> str:
