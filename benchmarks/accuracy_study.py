@@ -23,6 +23,13 @@ stream, by the protocol's rule (``docs/accuracy-protocol.md``: the highest accur
 most 15%, ties to the lower retention; :func:`choose`), and uses them for the final tables; without it the
 preset is used as shipped. ``--deadline`` (a Unix time) shortens the tuning so that the final tables fit.
 
+The tuning-seed ablation of the original regime and the kept-token evidence of ``docs/synthetic.md``:
+
+    python benchmarks/accuracy_study.py --ablation --seed 7001 -n 120 --out prunevid-eval/ablation \
+        --json benchmarks/results/accuracy_tuning_original.json
+    python benchmarks/accuracy_study.py --kept-tokens 111,219,195,141 --seed 7001 \
+        --out prunevid-eval/kept --json benchmarks/results/accuracy_kept_tokens_original.json
+
 The JSON holds, per model: every method point's accuracy, mean retention, tokens per stage, accuracy per
 question type and each question's correctness (``1``/``0``, ``-`` for an error, in question order), and
 paired McNemar tests (:func:`mcnemar`) of the new preset and of ``paper`` against every reference method at

@@ -4,10 +4,11 @@
         benchmarks/results/accuracy_realistic.json
 
 Writes one accuracy-vs-retention PNG per regime (``docs/accuracy_<regime>.png``, one panel per model) and
-the section "Accuracy at equal retention (issue 18)" of ``docs/synthetic.md`` (replaced in place; the rest
-of the file is left as ``benchmarks/report_synthetic.py`` wrote it, which also appends this section when it
-regenerates the file). The tuning-seed ablation (``benchmarks/results/accuracy_tuning_original.json``,
-written by ``benchmarks/accuracy_study.py --ablation``) comes first.
+the section "Accuracy at equal retention (issue 18)" of ``docs/synthetic.md`` (replaced in place, or
+appended; the rest of the file is left as it is: run this after ``benchmarks/report_synthetic.py``, which
+rewrites the whole file). The tuning-seed ablation (``benchmarks/results/accuracy_tuning_original.json``,
+``benchmarks/accuracy_study.py --ablation``) comes first, the kept-token evidence
+(``accuracy_kept_tokens_original.json``, ``--kept-tokens``) last.
 """
 
 from __future__ import annotations
