@@ -504,6 +504,45 @@ def study_model(
     }
 
 
+def main_pairs(model_dir: Path, regime: str, seed: int, n: int, out: Path, batch_size: int) -> dict[str, Any]:
+    """The protocol's two target comparisons alone, cheap enough for all ``n`` questions on a CPU: baseline,
+    ``paper`` and the shipped new preset, then ``random`` at the retention each of them measured; paired
+    McNemar tests. Same harness, same JSON keys as :func:`study_model` (without the strength grid)."""
+    import torch
+
+    from prunevid.pipeline import load
+
+    kwargs: dict[str, Any] = {"device_map": "cuda"} if torch.cuda.is_available() else {"dtype": torch.float32}
+    model, processor, pruner = load(model_dir, PruneVidConfig.preset("baseline"), **kwargs)
+    pruner.detach()
+    processor = reusing_processor(processor, model.device)
+    data = write_set(out / "data", n, seed, regime)
+    run_dir = out / model_dir.name
+    preset = PruneVidConfig.preset(NEW_PRESET)
+    points = {
+        point_name("paper", PAPER_KEEP): PruneVidConfig.preset("paper"),
+        point_name(NEW_PRESET, preset.keep_ratio): preset,
+    }
+    clock = Clock()
+    first = {"baseline": PruneVidConfig(), **points}
+    methods = evaluate_methods(model, processor, data, run_dir, first, n, batch_size, clock)
+    randoms = {f"random@{name}": reference_config("random", methods[name]["retention"]) for name in points}
+    methods = evaluate_methods(model, processor, data, run_dir, {**first, **randoms}, n, batch_size, clock)
+    del model
+    return {
+        "model": model_dir.name,
+        "n": n,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "dtype": "float32" if not torch.cuda.is_available() else "checkpoint (bfloat16)",
+        "seconds_per_answer": clock.per_answer,
+        "preset_point": point_name(NEW_PRESET, preset.keep_ratio),
+        "paper_point": point_name("paper", PAPER_KEEP),
+        "configs": {name: dataclasses.asdict(c) for name, c in {**first, **randoms}.items()},
+        "methods": methods,
+        "paired": paired_tests(methods, {name: name for name in points}),
+    }
+
+
 def per_model_methods() -> int:
     """How many methods one model's table answers every question under (:func:`study_model`)."""
     pruning = 2 * len(STRENGTHS)
@@ -595,7 +634,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--kept-tokens", help="comma-separated question indices of --seed: where their objects' tokens go"
     )
+    parser.add_argument(
+        "--main-pairs",
+        action="store_true",
+        help="only paper and the new preset against random at their retention (e.g. all -n on a CPU)",
+    )
     args = parser.parse_args(argv)
+    if args.main_pairs:
+        studies = [
+            main_pairs(m, args.regime, args.seed, args.n, args.out, args.batch_size or 1)
+            for m in args.model or [MODEL_DIR]
+        ]
+        record = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "regime": args.regime,
+            "seed": args.seed,
+            "n": args.n,
+            "new_preset": NEW_PRESET,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "models": studies,
+        }
+        args.json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        for study in studies:
+            for test in study["paired"]:
+                print(
+                    f"{study['model']}: {test['first']} {test['accuracy_first']:.3f} vs {test['second']} "
+                    f"{test['accuracy_second']:.3f}: z = {test['z']:.2f}",
+                    flush=True,
+                )
+        return 0
     if args.kept_tokens:
         indices = [int(i) for i in args.kept_tokens.split(",")]
         evidence = kept_token_evidence(args.seed, indices, args.data or args.out / "data")

@@ -26,6 +26,7 @@ HEADING = "## Accuracy at equal retention (issue 18)"
 RESULTS = ROOT / "benchmarks" / "results"
 STUDIES = ("accuracy_original.json", "accuracy_realistic.json")
 ABLATION = RESULTS / "accuracy_tuning_original.json"
+MAIN_PAIRS = RESULTS / "accuracy_original_main_pairs_cpu.json"  # accuracy_study.py --main-pairs
 KEPT_TOKENS = RESULTS / "accuracy_kept_tokens_original.json"
 REFERENCES = ("random", "uniform_frames", "evs", "fastv")
 FAMILY_STYLE = {
@@ -275,6 +276,38 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def main_pairs_lines(record: dict[str, Any]) -> list[str]:
+    """The target comparisons on every question of the protocol (``accuracy_study.py --main-pairs``)."""
+    lines = [
+        f"#### All {record['n']} questions of the final seed: the target comparisons "
+        f"({record['models'][0]['device']}, {record['models'][0]['dtype']})",
+        "",
+        f"{record['date']}, torch {record['versions']['torch']}, transformers "
+        f"{record['versions']['transformers']}: `paper` and `coverage` as shipped, each against `random` at "
+        "the retention it measured (`benchmarks/accuracy_study.py --main-pairs`).",
+        "",
+    ]
+    for study in record["models"]:
+        methods = study["methods"]
+        types = sorted(methods["baseline"]["per_type"])
+        lines += [
+            "| method | accuracy | ± s.e. | kept | " + " | ".join(types) + " |",
+            "|---|---|---|---|" + "---|" * len(types),
+        ]
+        for name, m in methods.items():
+            per_type = " | ".join(_pct(m["per_type"].get(t), 0) for t in types)
+            se = standard_error(m["accuracy"], study["n"])
+            lines.append(
+                f"| {name} | {_pct(m['accuracy'])} | {_pct(se)} | {_pct(m['retention'])} | {per_type} |"
+            )
+        lines += ["", "Targets on these questions:", ""]
+        lines += [
+            f"- {'met' if met else 'NOT met'}: {name} ({evidence})"
+            for name, met, evidence in targets(record["regime"], study)
+        ]
+    return lines
+
+
 def section_lines(
     results: Sequence[dict[str, Any]] | None = None, pngs: dict[str, str] | None = None
 ) -> list[str]:
@@ -329,6 +362,8 @@ def section_lines(
             lines += [*model_lines(result["regime"], study, study.get("n", result["n"])), ""]
         if result["regime"] in pngs:
             lines += [f"![accuracy vs retention, {result['regime']} regime]({pngs[result['regime']]})", ""]
+        if result["regime"] == "original" and MAIN_PAIRS.is_file():
+            lines += [*main_pairs_lines(json.loads(MAIN_PAIRS.read_text(encoding="utf-8"))), ""]
     lines += WHY
     if KEPT_TOKENS.is_file():
         lines += ["", *kept_token_lines(json.loads(KEPT_TOKENS.read_text(encoding="utf-8"))), ""]

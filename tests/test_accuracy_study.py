@@ -78,3 +78,24 @@ def test_study_runs_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     # The report renders it (tables, targets) without a plot.
     text = "\n".join(report_accuracy.section_lines([result], {}))
     assert "### Original regime" in text and f"{preset} beats random at equal retention" in text
+
+
+def test_main_pairs_runs_the_two_target_comparisons(tmp_path: Path) -> None:
+    """``--main-pairs``: baseline, paper and the shipped new preset, random at each one's measured retention,
+    and the report's table of them with its targets."""
+    out = tmp_path / "pairs.json"
+    args = ["--main-pairs", "--seed", "5", "-n", "2", "--out", str(tmp_path), "--json", str(out)]
+    assert accuracy_study.main(args) == 0
+    (study,) = json.loads(out.read_text())["models"]
+    preset, paper = study["preset_point"], study["paper_point"]
+    assert set(study["methods"]) == {"baseline", preset, paper, f"random@{preset}", f"random@{paper}"}
+    for point in (preset, paper):
+        assert study["methods"][f"random@{point}"]["retention"] == pytest.approx(
+            study["methods"][point]["retention"], abs=2 / 512
+        )
+    assert {(t["first"], t["second"]) for t in study["paired"]} == {
+        (preset, f"random@{preset}"),
+        (paper, f"random@{paper}"),
+    }
+    text = "\n".join(report_accuracy.main_pairs_lines(json.loads(out.read_text())))
+    assert "All 2 questions" in text and "beats random at equal retention" in text
