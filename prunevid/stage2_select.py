@@ -95,20 +95,28 @@ def select_tokens(scores: Tensor, groups: Tensor, keep_ratio: float) -> Tensor:
         ``[k]`` int64 indices into ``n``, increasing. Ties go to the earlier token (stable sorts), so the
         result is the same on every run and device.
     """
-    n = scores.shape[0]
-    if n == 0:
+    if scores.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=scores.device)
+    counts = torch.bincount(groups)
+    return torch.sort(_best_per_group(scores, groups, counts, _budget(counts, keep_ratio))).values
+
+
+def _budget(counts: Tensor, share: float) -> Tensor:
+    """``[G]`` ``max(1, floor(share * counts))``; the epsilon keeps floor(0.29 * 100) at 29 despite binary
+    rounding."""
+    return torch.clamp(torch.floor(counts.double() * share + 1e-9).long(), min=1)
+
+
+def _best_per_group(scores: Tensor, groups: Tensor, counts: Tensor, budget: Tensor) -> Tensor:
+    """Indices (unordered) of the ``budget[g]`` best-scored tokens of every group ``g`` (``counts =
+    bincount(groups)``); ties go to the earlier token."""
     # Sort by score (descending), then stably by group: each group's tokens end up best first.
     by_score = torch.sort(scores.float(), descending=True, stable=True).indices
     order = by_score[torch.sort(groups[by_score], stable=True).indices]
     sorted_groups = groups[order]
-    counts = torch.bincount(groups)
     group_start = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(n, device=scores.device) - group_start[sorted_groups]
-    # The epsilon keeps floor(0.29 * 100) at 29 despite binary rounding.
-    budget = torch.clamp(torch.floor(counts.double() * keep_ratio + 1e-9).long(), min=1)
-    kept = order[rank < budget[sorted_groups]]
-    return torch.sort(kept).values
+    rank = torch.arange(scores.shape[0], device=scores.device) - group_start[sorted_groups]
+    return order[rank < budget[sorted_groups]]
 
 
 def select_tokens_covering(
@@ -145,8 +153,8 @@ def select_tokens_covering(
         return torch.zeros(0, dtype=torch.long, device=scores.device)
     device = scores.device
     counts = torch.bincount(groups)
-    budget = torch.clamp(torch.floor(counts.double() * keep_ratio + 1e-9).long(), min=1)
-    cover = torch.clamp(torch.floor(budget.double() * coverage + 1e-9).long(), min=1)
+    budget = _budget(counts, keep_ratio)
+    cover = _budget(budget, coverage)
 
     # Pad the groups to one length: slot j of group g is its j-th token in index order.
     by_group = torch.sort(groups, stable=True).indices
@@ -167,18 +175,12 @@ def select_tokens_covering(
     # Each cluster's best-scored member covers it.
     cluster = torch.zeros(n, dtype=torch.long, device=device)
     cluster[by_group] = member_group * width + cluster_of[member_group, slot]
-    by_score = torch.sort(scores.float(), descending=True, stable=True).indices
-    order = by_score[torch.sort(cluster[by_score], stable=True).indices]
-    first = torch.ones(n, dtype=torch.bool, device=device)
-    first[1:] = cluster[order[1:]] != cluster[order[:-1]]
+    cluster_counts = torch.bincount(cluster)
     covering = torch.zeros(n, dtype=torch.bool, device=device)
-    covering[order[first]] = True
+    covering[_best_per_group(scores, cluster, cluster_counts, torch.ones_like(cluster_counts))] = True
 
     # The rest of each group's budget: the best-scored tokens not yet kept.
     rest = torch.where(covering, -math.inf, scores.float())
-    by_rest = torch.sort(rest, descending=True, stable=True).indices
-    order = by_rest[torch.sort(groups[by_rest], stable=True).indices]
-    rank = torch.arange(n, device=device) - group_start[groups[order]]
-    extra = order[rank < (budget - cover)[groups[order]]]
+    extra = _best_per_group(rest, groups, counts, budget - cover)
     kept = torch.cat([torch.nonzero(covering).flatten(), extra])
     return torch.sort(kept).values
