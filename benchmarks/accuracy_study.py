@@ -372,6 +372,28 @@ def reusing_processor(processor: Any, device: Any) -> Any:
     return clone
 
 
+def load_study_model(model_dir: Path) -> tuple[Any, Any]:
+    """``model_dir``'s model, stock (no pruner attached), on the GPU in its checkpoint dtype when there is
+    one, else on the CPU in float32; and its processor wrapped by :func:`reusing_processor`."""
+    import torch
+
+    from prunevid.pipeline import load
+
+    kwargs: dict[str, Any] = {"device_map": "cuda"} if torch.cuda.is_available() else {"dtype": torch.float32}
+    model, processor, pruner = load(model_dir, PruneVidConfig.preset("baseline"), **kwargs)
+    pruner.detach()
+    return model, reusing_processor(processor, model.device)
+
+
+def device_fields() -> dict[str, str]:
+    """Where :func:`load_study_model` puts a model, for the JSON: ``device`` and ``dtype``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"device": torch.cuda.get_device_name(), "dtype": "checkpoint (bfloat16)"}
+    return {"device": "cpu", "dtype": "float32"}
+
+
 class Clock:
     """Seconds per answered (question, method) pair, measured as the study runs."""
 
@@ -459,14 +481,7 @@ def study_model(
     With ``until`` (a Unix time) the first two batches of questions are answered under the PruneVid points
     first, and ``n`` is cut to the whole 24-question blocks that the measured time per answer lets finish
     by then (every question type and answer letter equally often)."""
-    import torch
-
-    from prunevid.pipeline import load
-
-    kwargs: dict[str, Any] = {"device_map": "cuda"} if torch.cuda.is_available() else {"dtype": torch.float32}
-    model, processor, pruner = load(model_dir, PruneVidConfig.preset("baseline"), **kwargs)
-    pruner.detach()
-    processor = reusing_processor(processor, model.device)
+    model, processor = load_study_model(model_dir)
     data = write_set(out / "data", n, seed, regime)
     run_dir = out / model_dir.name
     paper_points = pruning_points("paper", PruneVidConfig.preset("paper"))
@@ -493,8 +508,7 @@ def study_model(
     return {
         "model": model_dir.name,
         "n": n,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "dtype": "float32" if not torch.cuda.is_available() else "checkpoint (bfloat16)",
+        **device_fields(),
         "preset_settings": _settings(preset),
         "preset_point": point_name(NEW_PRESET, preset.keep_ratio),
         "paper_point": point_name("paper", PAPER_KEEP),
@@ -509,14 +523,7 @@ def main_pairs(model_dir: Path, regime: str, seed: int, n: int, out: Path, batch
     """The protocol's two target comparisons alone, cheap enough for all ``n`` questions on a CPU: baseline,
     ``paper`` and the shipped new preset, then ``random`` at the retention each of them measured; paired
     McNemar tests. Same harness, same JSON keys as :func:`study_model` (without the strength grid)."""
-    import torch
-
-    from prunevid.pipeline import load
-
-    kwargs: dict[str, Any] = {"device_map": "cuda"} if torch.cuda.is_available() else {"dtype": torch.float32}
-    model, processor, pruner = load(model_dir, PruneVidConfig.preset("baseline"), **kwargs)
-    pruner.detach()
-    processor = reusing_processor(processor, model.device)
+    model, processor = load_study_model(model_dir)
     data = write_set(out / "data", n, seed, regime)
     run_dir = out / model_dir.name
     preset = PruneVidConfig.preset(NEW_PRESET)
@@ -533,8 +540,7 @@ def main_pairs(model_dir: Path, regime: str, seed: int, n: int, out: Path, batch
     return {
         "model": model_dir.name,
         "n": n,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "dtype": "float32" if not torch.cuda.is_available() else "checkpoint (bfloat16)",
+        **device_fields(),
         "seconds_per_answer": clock.per_answer,
         "preset_point": point_name(NEW_PRESET, preset.keep_ratio),
         "paper_point": point_name("paper", PAPER_KEEP),
@@ -571,14 +577,7 @@ def tune_preset(
     """Choose the new preset's settings on the tuning stream ``seed`` (:func:`choose` over
     :func:`candidates`). Questions are added in chunks of 48 while the deadline leaves room for
     ``reserve(seconds per answer)`` seconds of final tables."""
-    import torch
-
-    from prunevid.pipeline import load
-
-    kwargs: dict[str, Any] = {"device_map": "cuda"} if torch.cuda.is_available() else {"dtype": torch.float32}
-    model, processor, pruner = load(model_dir, PruneVidConfig.preset("baseline"), **kwargs)
-    pruner.detach()
-    processor = reusing_processor(processor, model.device)
+    model, processor = load_study_model(model_dir)
     grid = {"baseline": PruneVidConfig(), **candidates(base)}
     data = write_set(out / "tune-data", n, seed, regime)
     asked = 0
