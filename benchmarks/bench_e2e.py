@@ -301,7 +301,7 @@ PUBLISHED_SOURCE.update(
 # The hub's safetensors totals of the two checkpoints.
 PUBLISHED_PARAMETERS.update({"qwen2-vl-7b": 8_291_375_616, "qwen3-vl-8b": 8_767_123_696})
 # Pixels per LLM token side: --size must be a multiple of it.
-FAMILY_TOKEN_PIXELS = {"qwen2_5_vl": 28, "qwen2_vl": 28, "qwen3_vl": 32}
+FAMILY_TOKEN_PIXELS = {"qwen2_5_vl": 28, "qwen2_vl": 28, "qwen3_vl": 32, "qwen3_vl_moe": 32}
 
 
 def family_model_key(family: str, model: str) -> str:
@@ -1090,7 +1090,7 @@ def run_answers(
     """Whole-answer latency of every answer row at every ``--answer-tokens`` count (rows interleaved).
 
     A warm-up run of each (row, tokens) comes first: for fast decode it builds the static buffers of that
-    length bucket and captures the graph, which is recorded as ``first_call`` (capture cost); the timed runs
+    answer length and captures the graph, which is recorded as ``first_call`` (capture cost); the timed runs
     then reuse them, as a later question of a similar length does.
     """
     rows = answer_rows(args.answer_rows, args.answer_compile_rows)
@@ -1117,7 +1117,7 @@ def run_answers(
                 "raw": {str(n): {k: [] for k in _ANSWER_SERIES}},
             }
         cases.append((n, batch_inputs, "batch"))
-    for n, inputs, where in cases:  # warm-up and capture, per length bucket
+    for n, inputs, where in cases:  # warm-up and capture, per answer length
         for row in rows:
             if not row.fast_decode and where == "rows" and n != args.answer_tokens[0]:
                 continue  # the eager decode has nothing to build per length
@@ -1489,7 +1489,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     budget = Budget(args.time_budget)
     rows = make_rows(args.rows)
     if args.answer_tokens:
-        # Every (row, length bucket) keeps its static buffers for the whole frame count, so timed answers
+        # Every (row, answer length) keeps its static buffers for the whole frame count, so timed answers
         # reuse them (run_answers releases them after each frame count).
         fast_decode.MAX_ENGINES_PER_MODEL = 32
     env = environment(device)
@@ -1587,7 +1587,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 else [],
                 "answer_repeats": args.answer_repeats,
                 "answer_batch": args.answer_batch,
-                "fast_decode_bucket_rows": 1,  # buffers of exactly the rows needed
                 "fast_decode_reuse_slack_rows": fast_decode.REUSE_SLACK_ROWS,
             },
             "method": {
@@ -1615,7 +1614,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "answer": "whole generate() call with N forced new tokens (min_new_tokens), "
                 "synchronised host clock; ttft and decode ms/token from a streamer that synchronises per "
                 "token; '+fd' rows call prunevid.fast_decode.generate (static buffers, CUDA graph), '+fdc' "
-                "with compile_step=True; a warm-up call per (row, length bucket) first builds buffers and "
+                "with compile_step=True; a warm-up call per (row, answer length) first builds buffers and "
                 "captures the graph (first_call.capture_s), timed calls reuse them; cache_bytes: static "
                 "buffers (fd) or the dynamic cache returned after the answer (eager); batch rows: "
                 "--answer-batch clips of different seeds, left padded",

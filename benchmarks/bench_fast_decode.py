@@ -467,7 +467,7 @@ def tiny_families(device: torch.device, dtype: torch.dtype, tokens: int) -> list
             config = json.loads((checkpoint / "config.json").read_text())
         ids = bench_e2e.special_token_ids(processor.tokenizer)
         model = bench_e2e.build_random_model(config, device, dtype)
-        unit = 32 if family.startswith("qwen3") else 28
+        unit = bench_e2e.FAMILY_TOKEN_PIXELS[family]
         clips = [bench_e2e.make_benchmark_clip(f, 4 * unit, seed) for f, seed in ((8, 0), (4, 1))]
         cases = {
             "single": build_inputs(processor, clips[0], "What moves?").to(device),

@@ -677,8 +677,12 @@ def markdown(
                 "### Whole answers: eager decode vs fast decode",
                 "",
                 "Rows `X` answer with `model.generate` (dynamic cache, eager decode), `X+fd` with "
-                "`prunevid.fast_decode` (static buffers sized to the kept length + new tokens, rounded up to "
-                f"{settings.get('fast_decode_bucket_rows', 256)} rows"
+                "`prunevid.fast_decode` (static buffers sized to the kept length + new tokens"
+                + (
+                    f", rounded up to {settings['fast_decode_bucket_rows']} rows"
+                    if "fast_decode_bucket_rows" in settings  # runs before the buffers had the exact size
+                    else ""
+                )
                 + (
                     f", or held buffers with at most {settings['fast_decode_reuse_slack_rows']} rows to spare"
                     if settings.get("fast_decode_reuse_slack_rows") is not None

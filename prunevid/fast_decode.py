@@ -31,7 +31,7 @@ attached, and so do ``prunevid.ask``, the CLI's ``--fast-decode`` and ``prunevid
 :func:`generate` (``model.generate``'s arguments) with or without a pruner.
 
 Choices, measured on an H200 with the 7B architecture (``docs/benchmarks.md``): the step is captured with
-``torch.cuda.CUDAGraph`` directly (capture 0.1-0.2 s per length bucket, replay 8.2 ms per token for
+``torch.cuda.CUDAGraph`` directly (capture 0.1-0.2 s per buffer size, replay 8.2 ms per token for
 ``paper`` at 32 frames) rather than through ``torch.compile(mode="reduce-overhead")`` (6.1 ms, but 35-50 s
 of compilation on the first call of every shape). ``compile_step=True`` compiles the step with inductor
 before the capture (5.7 ms per token, about 47 s once per shape) for long runs of same-shaped questions.
@@ -203,7 +203,6 @@ class _Engine:
         self.key = key
         self.model = model
         language_model = model.model.language_model
-        config = language_model.config
         device = key.device
         self.cache = StaticRowsCache(
             len(language_model.layers), key.batch, key.kv_heads, key.rows, key.head_dim, key.dtype, device
@@ -211,7 +210,6 @@ class _Engine:
         self.input_ids = torch.zeros(key.batch, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(3, key.batch, 1, dtype=torch.long, device=device)  # M-RoPE t, h, w
         self.valid = torch.zeros(key.batch, key.rows, dtype=torch.bool, device=device)
-        self.layer_types = sorted(set(getattr(config, "layer_types", None) or ["full_attention"]))
         parameters = inspect.signature(language_model.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
         self.pass_cache_position = "cache_position" in parameters  # 4.57: the physical row being written

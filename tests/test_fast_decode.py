@@ -125,7 +125,7 @@ def test_text_iterator_streamer_receives_the_answer(
     assert len(pieces) >= 1 and "".join(pieces) == expected
 
 
-def test_buffers_are_reused_for_the_same_bucket(
+def test_buffers_are_reused_for_a_shorter_answer(
     stock_models: dict[str, Any], prompts: dict[str, Any]
 ) -> None:
     model = stock_models["sdpa"]
