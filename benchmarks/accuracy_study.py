@@ -22,6 +22,8 @@ under:
 stream, by the protocol's rule (``docs/accuracy-protocol.md``: the highest accuracy at a retention of at
 most 15%, ties to the lower retention; :func:`choose`), and uses them for the final tables; without it the
 preset is used as shipped. ``--deadline`` (a Unix time) shortens the tuning so that the final tables fit.
+A study split over several runs (one ``--model`` each, as the GPU machine's 10-minute calls need) tunes in
+the first and passes its JSON to the others with ``--tuning-from``.
 
 The tuning-seed ablation of the original regime and the kept-token evidence of ``docs/synthetic.md``:
 
@@ -609,6 +611,22 @@ def tune_preset(
     return grid[chosen], record
 
 
+def tuned_preset(study: Mapping[str, Any], base: PruneVidConfig) -> tuple[PruneVidConfig, dict[str, Any]]:
+    """The new preset's settings that an earlier study (its JSON, ``study``) chose on its tuning stream,
+    and that tuning record: a study split over several runs (one model each) tunes once.
+
+    Raises:
+        ValueError: the study has no tuning, or chose a candidate :func:`candidates` no longer has.
+    """
+    tuning = study["models"][0].get("tuning")
+    if not tuning:
+        raise ValueError("that study used the preset as shipped: it has no tuning to take")
+    grid = candidates(base)
+    if tuning["chosen"] not in grid:
+        raise ValueError(f"that study chose {tuning['chosen']}, which is not a candidate now")
+    return grid[tuning["chosen"]], tuning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import torch
     import transformers
@@ -623,6 +641,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tune-seed", type=int, help="choose the new preset's settings on this stream first")
     parser.add_argument("--tune-n", type=int, default=240, help="at most this many tuning questions")
     parser.add_argument("--tune-model", type=Path, help="the model to tune with (default: the first --model)")
+    parser.add_argument(
+        "--tuning-from", type=Path, help="take the new preset's settings from an earlier study JSON's tuning"
+    )
     parser.add_argument("--out", type=Path, required=True, help="working folder (data, predictions)")
     parser.add_argument("--json", type=Path, required=True, help="where the study's JSON goes")
     parser.add_argument("--batch-size", type=int, default=None, help="default 1 on a CPU, 64 on a GPU")
@@ -683,7 +704,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     preset = PruneVidConfig.preset(NEW_PRESET)
     clock = Clock()
     tuning = None
-    if args.tune_seed is not None:
+    if args.tuning_from is not None:
+        preset, tuning = tuned_preset(json.loads(args.tuning_from.read_text(encoding="utf-8")), preset)
+        print(f"tuning from {args.tuning_from}: {tuning['chosen']}", flush=True)
+    elif args.tune_seed is not None:
 
         def reserve(per_answer: float | None) -> float:
             # Room kept for the tables: every model's methods on n questions.
@@ -722,7 +746,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 until=until,
             )
         )
-        print(f"{model_dir.name}: {clock.per_answer:.4f} s per answer", flush=True)
+        if clock.per_answer is not None:  # None when every answer was already there (a resumed run)
+            print(f"{model_dir.name}: {clock.per_answer:.4f} s per answer", flush=True)
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "regime": args.regime,

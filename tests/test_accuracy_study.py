@@ -78,6 +78,16 @@ def test_study_runs_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     # The report renders it (tables, targets) without a plot.
     text = "\n".join(report_accuracy.section_lines([result], {}))
     assert "### Original regime" in text and f"{preset} beats random at equal retention" in text
+    # A study split over runs tunes once: a later run takes the settings the first one chose.
+    again = tmp_path / "again.json"
+    args_again = ["--seed", "5", "-n", "2", "--out", str(tmp_path), "--json", str(again)]
+    assert accuracy_study.main([*args_again, "--tuning-from", str(out)]) == 0
+    (later,) = json.loads(again.read_text())["models"]
+    assert later["tuning"] == study["tuning"] and later["preset_settings"] == study["preset_settings"]
+    untuned = tmp_path / "untuned.json"
+    untuned.write_text(json.dumps({"models": [{**study, "tuning": None}]}))
+    with pytest.raises(ValueError, match="no tuning to take"):
+        accuracy_study.main([*args_again, "--tuning-from", str(untuned)])
 
 
 def test_main_pairs_runs_the_two_target_comparisons(tmp_path: Path) -> None:
