@@ -31,6 +31,10 @@ The tuning-seed ablation of the original regime and the kept-token evidence of `
         --json benchmarks/results/accuracy_tuning_original.json
     python benchmarks/accuracy_study.py --kept-tokens 111,219,195,141 --seed 7001 \
         --out prunevid-eval/kept --json benchmarks/results/accuracy_kept_tokens_original.json
+    python benchmarks/accuracy_study.py --kept-tokens 16,46,65,10 --seed 7002 --regime realistic \
+        --model prunevid/data/synthetic-model-realistic \
+        --tuning-from benchmarks/results/accuracy_realistic.json \
+        --out prunevid-eval/kept-realistic --json benchmarks/results/accuracy_kept_tokens_realistic.json
 
 The JSON holds, per model: every method point's accuracy, mean retention, tokens per stage, accuracy per
 question type and each question's correctness (``1``/``0``, ``-`` for an error, in question order), and
@@ -176,13 +180,22 @@ def run_ablation(data: Path, out: Path, seed: int, n: int, batch_size: int) -> d
     }
 
 
-def kept_token_evidence(seed: int, indices: Sequence[int], data: Path) -> dict[str, Any]:
-    """Where a question's objects go, for the shipped model on questions ``indices`` of the tuning stream
-    ``seed`` (original regime) under ``paper``, ``paper`` with the k-centre spatial merge, and ``coverage``:
-    per object, each merged token that holds at least 30% of one of its source tokens' pixels, with its
-    frame pair, grid cell, number of source tokens, the object's share of its pixels and whether Stage 2
-    kept it; and the answer. (:func:`kept_token_maps.object_shares` and ``run_preset`` read the scene and
-    the pruner's statistics.)"""
+def kept_token_evidence(
+    seed: int,
+    indices: Sequence[int],
+    data: Path,
+    *,
+    regime: str = "original",
+    model_dir: Path | None = None,
+    configs: Mapping[str, PruneVidConfig] | None = None,
+) -> dict[str, Any]:
+    """Where a question's objects go, for ``model_dir`` (default: the shipped model) on questions
+    ``indices`` of the tuning stream ``seed`` of ``regime``, under each of ``configs`` (default: nothing
+    pruned, ``paper``, ``paper`` with the k-centre spatial merge, and ``coverage``): per object, each
+    merged token that holds at least 30% of one of its source tokens' pixels, with its frame pair, grid
+    cell, number of source tokens, the object's share of its pixels and whether Stage 2 kept it; and the
+    answer. (:func:`kept_token_maps.object_shares` and ``run_preset`` read the scene and the pruner's
+    statistics.)"""
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -196,21 +209,21 @@ def kept_token_evidence(seed: int, indices: Sequence[int], data: Path) -> dict[s
 
     if seed == FINAL_SEED:
         raise SystemExit("the final seed is for the final tables only (accuracy protocol)")
-    model, processor, pruner = load(MODEL_DIR, PruneVidConfig.preset("baseline"), dtype=torch.float32)
+    model_dir = model_dir or MODEL_DIR
+    model, processor, pruner = load(model_dir, PruneVidConfig.preset("baseline"), dtype=torch.float32)
     pruner.detach()
-    samples = {
-        s.id: s for s in read_benchmark("synthetic", write_set(data, max(indices) + 1, seed, "original"))
-    }
-    paper = PruneVidConfig.preset("paper")
-    configs = {
-        "baseline": PruneVidConfig(),
-        "paper": paper,
-        "paper+kcentre": paper.replace(spatial_merge="kcentre"),
-        NEW_PRESET: PruneVidConfig.preset(NEW_PRESET),
-    }
+    samples = {s.id: s for s in read_benchmark("synthetic", write_set(data, max(indices) + 1, seed, regime))}
+    if configs is None:
+        paper = PruneVidConfig.preset("paper")
+        configs = {
+            "baseline": PruneVidConfig(),
+            "paper": paper,
+            "paper+kcentre": paper.replace(spatial_merge="kcentre"),
+            NEW_PRESET: PruneVidConfig.preset(NEW_PRESET),
+        }
     questions = []
     for index in indices:
-        truth = make_sample(seed, index)
+        truth = make_sample(seed, index, regime=regime)
         sample = samples[truth.id]
         clip = load_sample_clip(sample)
         shares = object_shares(truth.scene)
@@ -254,7 +267,7 @@ def kept_token_evidence(seed: int, indices: Sequence[int], data: Path) -> dict[s
                 "objects": objects,
             }
         questions.append(entry)
-    return {"seed": seed, "model": MODEL_DIR.name, "questions": questions}
+    return {"seed": seed, "regime": regime, "model": model_dir.name, "questions": questions}
 
 
 def choose(results: Mapping[str, Mapping[str, float]], max_retention: float = MAX_RETENTION) -> str:
@@ -686,7 +699,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.kept_tokens:
         indices = [int(i) for i in args.kept_tokens.split(",")]
-        evidence = kept_token_evidence(args.seed, indices, args.data or args.out / "data")
+        configs = None
+        if args.tuning_from is not None:  # the regime's tuned preset, with paper and nothing pruned
+            tuned, _ = tuned_preset(
+                json.loads(args.tuning_from.read_text(encoding="utf-8")), PruneVidConfig.preset(NEW_PRESET)
+            )
+            paper = PruneVidConfig.preset("paper")
+            configs = {"baseline": PruneVidConfig(), "paper": paper, NEW_PRESET: tuned}
+        evidence = kept_token_evidence(
+            args.seed,
+            indices,
+            args.data or args.out / "data",
+            regime=args.regime,
+            model_dir=(args.model or [None])[0],
+            configs=configs,
+        )
         args.json.write_text(json.dumps(evidence, indent=1) + "\n", encoding="utf-8")
         return 0
     if args.ablation:

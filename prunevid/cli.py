@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import functools
 import json
+import re
 import sys
 import time
 import warnings
@@ -157,8 +158,9 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     command.add_argument(
         "--presets",
         default="baseline,paper",
-        help=f"comma-separated presets ({', '.join(PRESETS)}) and reference methods to compare with "
-        f"({', '.join(REFERENCE_METHODS)}); default baseline,paper",
+        help=f"comma-separated presets ({', '.join(PRESETS)}), each also at another strength as "
+        "NAME@k<keep_ratio>[c<cluster_ratio>] (e.g. coverage@k0.2c1), and reference methods to compare "
+        f"with ({', '.join(REFERENCE_METHODS)}); default baseline,paper",
     )
     command.add_argument(
         "--retention",
@@ -202,6 +204,35 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
+def preset_config(name: str) -> PruneVidConfig:
+    """A preset by name, or at another strength: ``NAME@k<keep_ratio>`` or
+    ``NAME@k<keep_ratio>c<cluster_ratio>``, the point names of ``benchmarks/accuracy_study.py``'s tables
+    (e.g. ``coverage@k0.2c1``), so that ``prunevid eval`` reproduces every row of them.
+
+    Raises:
+        ValueError: an unknown preset, a strength not written that way, a strength the preset has no stage
+            for (``keep_ratio`` needs Stage 2, ``cluster_ratio`` Stage 1), or an invalid value.
+    """
+    base, at, strength = name.partition("@")
+    config = PruneVidConfig.preset(base)
+    if not at:
+        return config
+    match = re.fullmatch(r"k(\d+(?:\.\d+)?)(?:c(\d+(?:\.\d+)?))?", strength)
+    if match is None:
+        raise ValueError(
+            f"{name!r}: a preset's strength is written NAME@k<keep_ratio> or "
+            "NAME@k<keep_ratio>c<cluster_ratio>, e.g. coverage@k0.2c1"
+        )
+    if not config.enable_stage2:
+        raise ValueError(f"{name!r}: {base} has no Stage 2, so no keep_ratio to set")
+    changes = {"keep_ratio": float(match[1])}
+    if match[2] is not None:
+        if not config.enable_stage1:
+            raise ValueError(f"{name!r}: {base} has no Stage 1, so no cluster_ratio to set")
+        changes["cluster_ratio"] = float(match[2])
+    return config.replace(**changes)
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -215,11 +246,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.presets.split(",") if name.strip()]
     methods = [name for name in names if name in METHODS]
     # Unknown names and a bad --retention fail before the model loads.
-    configs = {
-        name: PruneVidConfig.preset(name).replace(fast_decode=args.fast_decode)
-        for name in names
-        if name not in METHODS
-    }
+    configs = {name: preset_config(name) for name in names if name not in METHODS}
+    configs = {name: config.replace(fast_decode=args.fast_decode) for name, config in configs.items()}
     if methods and args.retention == "auto" and "paper" not in configs:
         raise ValueError(
             "--retention auto matches paper's retention: add paper to --presets or give a number"

@@ -109,3 +109,24 @@ def test_main_pairs_runs_the_two_target_comparisons(tmp_path: Path) -> None:
     }
     text = "\n".join(report_accuracy.main_pairs_lines(json.loads(out.read_text())))
     assert "All 2 questions" in text and "beats random at equal retention" in text
+
+
+def test_kept_token_evidence_follows_each_object(tmp_path: Path) -> None:
+    """``--kept-tokens``: unpruned, every object is shown by unmerged tokens that all reach the LLM; under
+    the tuned preset Stage 1 merges and Stage 2 drops, and the report renders the rows."""
+    study = {"models": [{"tuning": {"chosen": "coverage@k0.2c1"}}]}
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    out = tmp_path / "kept.json"
+    args = ["--kept-tokens", "0", "--seed", "5", "--out", str(tmp_path), "--json", str(out)]
+    assert accuracy_study.main([*args, "--tuning-from", str(tmp_path / "study.json")]) == 0
+    evidence = json.loads(out.read_text())
+    assert (evidence["regime"], evidence["model"], evidence["seed"]) == ("original", "synthetic-model", 5)
+    (question,) = evidence["questions"]
+    configs = question["configs"]
+    assert set(configs) == {"baseline", "paper", "coverage"}
+    assert configs["baseline"]["stage1"] == configs["baseline"]["stage2"] == 512
+    for tokens in configs["baseline"]["objects"]:
+        assert tokens and all(t["sources"] == 1 and t["kept"] for t in tokens)
+    assert configs["coverage"]["stage2"] < configs["coverage"]["stage1"] < 512
+    text = "\n".join(report_accuracy.kept_token_lines(evidence))
+    assert f"| {question['id']} |" in text and "original regime" in text

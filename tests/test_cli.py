@@ -204,3 +204,35 @@ def test_eval_synthetic_writes_only_what_the_run_needs(
     assert main([*argv, "--limit", "2", "--data", str(mine), "--out", str(tmp_path / "out2")]) == 0
     assert main([*argv, "--limit", "3", "--data", str(mine), "--out", str(tmp_path / "out3")]) == 0
     assert len(list((mine / "videos").iterdir())) == 2
+
+
+def test_preset_config_reads_a_point_name() -> None:
+    """``NAME@k<keep_ratio>[c<cluster_ratio>]``: the preset with that strength, nothing else changed."""
+    coverage = cli.preset_config("coverage")
+    assert coverage == prunevid.PruneVidConfig.preset("coverage")
+    assert cli.preset_config("coverage@k0.2c1") == coverage.replace(keep_ratio=0.2, cluster_ratio=1.0)
+    assert cli.preset_config("paper@k0.25") == prunevid.PruneVidConfig.preset("paper").replace(keep_ratio=0.25)
+    for bad, message in [
+        ("paper@0.2", "is written NAME@k<keep_ratio>"),
+        ("paper@k0.2x", "is written NAME@k<keep_ratio>"),
+        ("paper@k.5", "is written NAME@k<keep_ratio>"),
+        ("baseline@k0.2", "baseline has no Stage 2"),
+        ("stage2_only@k0.3c0.5", "stage2_only has no Stage 1"),
+        ("paper@k2", "keep_ratio=2.0 is invalid"),
+        ("papr@k0.2", "unknown preset 'papr'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            cli.preset_config(bad)
+
+
+def test_eval_answers_under_a_point_name(tmp_path: Path) -> None:
+    """A table row such as ``coverage@k0.2c1`` is reproduced by ``prunevid eval`` under that label."""
+    out = tmp_path / "out"
+    argv = ["eval", "synthetic", "--data", str(tmp_path / "data"), "--out", str(out), "--limit", "1"]
+    assert main([*argv, "--presets", "coverage@k0.2c1,coverage", "--max-new-tokens", "4"]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert {r["preset"] for r in rows} == {"coverage@k0.2c1", "coverage"}
+    retention = {r["preset"]: r["retention"] for r in rows}
+    assert retention["coverage@k0.2c1"] != retention["coverage"]  # the strength took effect
+    stored = json.loads((out / "run.json").read_text())["presets"]["coverage@k0.2c1"]
+    assert (stored["keep_ratio"], stored["cluster_ratio"]) == (0.2, 1.0)
