@@ -211,7 +211,8 @@ def test_preset_config_reads_a_point_name() -> None:
     coverage = cli.preset_config("coverage")
     assert coverage == prunevid.PruneVidConfig.preset("coverage")
     assert cli.preset_config("coverage@k0.2c1") == coverage.replace(keep_ratio=0.2, cluster_ratio=1.0)
-    assert cli.preset_config("paper@k0.25") == prunevid.PruneVidConfig.preset("paper").replace(keep_ratio=0.25)
+    paper = prunevid.PruneVidConfig.preset("paper")
+    assert cli.preset_config("paper@k0.25") == paper.replace(keep_ratio=0.25)
     for bad, message in [
         ("paper@0.2", "is written NAME@k<keep_ratio>"),
         ("paper@k0.2x", "is written NAME@k<keep_ratio>"),
