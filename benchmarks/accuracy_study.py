@@ -25,10 +25,13 @@ preset is used as shipped. ``--deadline`` (a Unix time) shortens the tuning so t
 A study split over several runs (one ``--model`` each, as the GPU machine's 10-minute calls need) tunes in
 the first and passes its JSON to the others with ``--tuning-from``.
 
-The tuning-seed ablation of the original regime and the kept-token evidence of ``docs/synthetic.md``:
+The tuning-seed ablations and the kept-token evidence of ``docs/synthetic.md``:
 
     python benchmarks/accuracy_study.py --ablation --seed 7001 -n 120 --out prunevid-eval/ablation \
         --json benchmarks/results/accuracy_tuning_original.json
+    python benchmarks/accuracy_study.py --ablation --regime realistic --seed 7002 -n 96 \
+        --model prunevid/data/synthetic-model-realistic --out prunevid-eval/ablation-realistic \
+        --json benchmarks/results/accuracy_tuning_realistic.json
     python benchmarks/accuracy_study.py --kept-tokens 111,219,195,141 --seed 7001 \
         --out prunevid-eval/kept --json benchmarks/results/accuracy_kept_tokens_original.json
     python benchmarks/accuracy_study.py --kept-tokens 16,46,65,10 --seed 7002 --regime realistic \
@@ -116,13 +119,28 @@ def candidates(base: PruneVidConfig) -> dict[str, PruneVidConfig]:
     return grid
 
 
-def ablation_configs() -> dict[str, PruneVidConfig]:
-    """The tuning-seed ablation of the original regime (``--ablation``): ``paper``, each improvement
-    alone on it, all four together, candidates for the new preset's strength (``A``-``F``: the
-    improvements with more tokens kept), and ``random`` at three retentions."""
+def ablation_configs(regime: str = "original") -> dict[str, PruneVidConfig]:
+    """The tuning-seed ablation (``--ablation``): ``paper``, each improvement alone on it, all four
+    together, and ``random`` at three retentions; for the original regime also candidates for the new
+    preset's strength (``A``-``F``: the improvements with more tokens kept), for the realistic regime the
+    strength its tuning chose (``coverage@k0.2c1``) with ``random`` around its retention."""
     paper = PruneVidConfig.preset("paper")
     three = paper.replace(static_test="consecutive", static_time="middle", stage2_coverage=0.5)
     four = three.replace(spatial_merge="kcentre")
+    if regime == "realistic":
+        return {
+            "baseline": PruneVidConfig(),
+            "paper": paper,
+            "p_consec": paper.replace(static_test="consecutive"),
+            "p_middle": paper.replace(static_time="middle"),
+            "p_kc05": paper.replace(stage2_coverage=0.5),
+            "p_skc": paper.replace(spatial_merge="kcentre"),
+            "p_all4": four,
+            "T_all4_k02c1": four.replace(keep_ratio=0.2, cluster_ratio=1.0),
+            "random_2": reference_config("random", 0.021),
+            "random": reference_config("random", 0.043),
+            "random_9": reference_config("random", 0.089),
+        }
     return {
         "baseline": PruneVidConfig(),
         "paper": paper,
@@ -142,10 +160,20 @@ def ablation_configs() -> dict[str, PruneVidConfig]:
     }
 
 
-def run_ablation(data: Path, out: Path, seed: int, n: int, batch_size: int) -> dict[str, Any]:
-    """:func:`ablation_configs` on the first ``n`` questions of the tuning stream ``seed`` (original
-    regime, shipped model), with each configuration's McNemar z against ``random`` at the nearest of its
-    retentions, and the protocol's choice (:func:`choose`) among the new preset's configurations."""
+def run_ablation(
+    data: Path,
+    out: Path,
+    seed: int,
+    n: int,
+    batch_size: int,
+    *,
+    regime: str = "original",
+    model_dir: Path | None = None,
+) -> dict[str, Any]:
+    """:func:`ablation_configs` on the first ``n`` questions of the tuning stream ``seed`` of ``regime``
+    (``model_dir``, default the shipped model, in float32), with each configuration's McNemar z against
+    ``random`` at the nearest of its retentions, and the protocol's choice (:func:`choose`) among the new
+    preset's configurations."""
     import torch
 
     from prunevid.pipeline import load
@@ -153,10 +181,11 @@ def run_ablation(data: Path, out: Path, seed: int, n: int, batch_size: int) -> d
 
     if seed == FINAL_SEED:
         raise SystemExit("the final seed is for the final tables only (accuracy protocol)")
-    model, processor, pruner = load(MODEL_DIR, PruneVidConfig.preset("baseline"), dtype=torch.float32)
+    model_dir = model_dir or MODEL_DIR
+    model, processor, pruner = load(model_dir, PruneVidConfig.preset("baseline"), dtype=torch.float32)
     pruner.detach()
-    configs = ablation_configs()
-    data = write_set(data, n, seed, "original")
+    configs = ablation_configs(regime)
+    data = write_set(data, n, seed, regime)
     methods = evaluate_methods(model, processor, data, out, configs, n, batch_size, Clock())
     randoms = {name: m for name, m in methods.items() if name.startswith("random")}
     z_vs_random = {}
@@ -168,15 +197,16 @@ def run_ablation(data: Path, out: Path, seed: int, n: int, batch_size: int) -> d
     candidates = {k: v for k, v in methods.items() if k.startswith(("p_", "A_", "B_", "C_", "E_", "F_"))}
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "regime": "original",
+        "regime": regime,
         "seed": seed,
         "n": n,
-        "model": MODEL_DIR.name,
+        "model": model_dir.name,
         "device": "cpu",
         "settings": {name: _settings(config) for name, config in configs.items()},
         "methods": methods,
         "z_vs_random": z_vs_random,
-        "chosen": choose(candidates),
+        # The original regime's preset strength was chosen here; the realistic one by the study's tuning.
+        "chosen": choose(candidates) if regime == "original" else None,
     }
 
 
@@ -662,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="default 1 on a CPU, 64 on a GPU")
     parser.add_argument("--deadline", type=float, help="Unix time by which the study must be done")
     parser.add_argument(
-        "--ablation", action="store_true", help="the original regime's tuning ablation on --seed instead"
+        "--ablation", action="store_true", help="the regime's tuning ablation on --seed instead"
     )
     parser.add_argument("--data", type=Path, help="--ablation: the question set's folder (default OUT/data)")
     parser.add_argument(
@@ -718,7 +748,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.ablation:
         ablation = run_ablation(
-            args.data or args.out / "data", args.out, args.seed, args.n, args.batch_size or 1
+            args.data or args.out / "data",
+            args.out,
+            args.seed,
+            args.n,
+            args.batch_size or 1,
+            regime=args.regime,
+            model_dir=(args.model or [None])[0],
         )
         ablation["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
         args.json.write_text(json.dumps(ablation, indent=1) + "\n", encoding="utf-8")

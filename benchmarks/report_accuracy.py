@@ -6,8 +6,8 @@
 Writes one accuracy-vs-retention PNG per regime (``docs/accuracy_<regime>.png``, one panel per model) and
 the section "Accuracy at equal retention (issue 18)" of ``docs/synthetic.md`` (replaced in place, or
 appended; the rest of the file is left as it is: run this after ``benchmarks/report_synthetic.py``, which
-rewrites the whole file). The tuning-seed ablation (``benchmarks/results/accuracy_tuning_original.json``,
-``benchmarks/accuracy_study.py --ablation``) comes first, the kept-token evidence
+rewrites the whole file). The tuning-seed ablations (``benchmarks/results/accuracy_tuning_<regime>.json``,
+``benchmarks/accuracy_study.py --ablation``) come first, the kept-token evidence
 (``accuracy_kept_tokens_<regime>.json``, ``--kept-tokens``) last.
 """
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Accuracy at equal retention (issue 18)"
 RESULTS = ROOT / "benchmarks" / "results"
 STUDIES = ("accuracy_original.json", "accuracy_realistic.json")
-ABLATION = RESULTS / "accuracy_tuning_original.json"
+ABLATIONS = [RESULTS / f"accuracy_tuning_{regime}.json" for regime in ("original", "realistic")]
 MAIN_PAIRS = RESULTS / "accuracy_original_main_pairs_cpu.json"  # accuracy_study.py --main-pairs
 KEPT_TOKENS = [RESULTS / f"accuracy_kept_tokens_{regime}.json" for regime in ("original", "realistic")]
 REFERENCES = ("random", "uniform_frames", "evs", "fastv")
@@ -341,7 +341,8 @@ def section_lines(
             for r in results
             if (ROOT / "docs" / f"accuracy_{r['regime']}.png").is_file()
         }
-    if not results and not ABLATION.is_file():
+    ablations = [json.loads(p.read_text(encoding="utf-8")) for p in ABLATIONS if p.is_file()]
+    if not results and not ablations:
         return []
     lines = [
         HEADING,
@@ -354,13 +355,10 @@ def section_lines(
         "in a measured failure below); `paper` is unchanged.",
         "",
     ]
-    if ABLATION.is_file():
-        lines += [
-            "### Tuning: each improvement alone and together",
-            "",
-            *ablation_lines(json.loads(ABLATION.read_text(encoding="utf-8"))),
-            "",
-        ]
+    if ablations:
+        lines += ["### Tuning: each improvement alone and together", ""]
+        for ablation in ablations:
+            lines += [*ablation_lines(ablation), ""]
     for result in results:
         lines += [
             f"### {result['regime'].capitalize()} regime",
@@ -412,6 +410,11 @@ WHY = [
     "the dropout-trained model excepted, where it also keeps half as many tokens), and it wins most where "
     "tokens must be placed in time (end, order: merged tokens keep every frame pair represented, random "
     "drops whole events).",
+    "- Realistic regime, tuning ablation (seed 7002, 96 questions, CPU): alone, only the k-centre spatial "
+    "merge moves accuracy (`paper` 79.2% -> 84.4% at the same 4.3% kept: objects keep their own cells, "
+    "count rises from 81% to 100%); the consecutive static test, the middle time and Stage-2 coverage each "
+    "leave it at 79.2% (coverage changes 1 answer of 96). All four together: 86.5% (z = 2.52 against "
+    "random's 75.0% at 4.3%); the strength the study's tuning chose, 85.4% (z = 2.24).",
     "- Original regime, target missed. On all 400 questions of the final seed (CPU, float32; the last "
     "table of the original regime) `coverage` answers 80.8% against random's 81.2% at 14.8% kept (z = "
     "-0.22) and `paper` 73.0% against 70.8% at 6.7% (z = 0.95); the H200 runs on the first 120 and 192 "

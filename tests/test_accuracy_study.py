@@ -130,3 +130,24 @@ def test_kept_token_evidence_follows_each_object(tmp_path: Path) -> None:
     assert configs["coverage"]["stage2"] < configs["coverage"]["stage1"] < 512
     text = "\n".join(report_accuracy.kept_token_lines(evidence))
     assert f"| {question['id']} |" in text and "original regime" in text
+
+
+def test_ablation_runs_per_regime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--ablation``: each configuration against random at the nearest retention; the realistic regime's
+    set holds the strength its tuning chose (the same config as the study's point)."""
+    from prunevid.config import PruneVidConfig
+
+    realistic = accuracy_study.ablation_configs("realistic")
+    tuned = accuracy_study.candidates(PruneVidConfig.preset("coverage"))["coverage@k0.2c1"]
+    assert realistic["T_all4_k02c1"] == tuned
+    assert {"p_consec", "p_middle", "p_kc05", "p_skc", "p_all4", "random"} <= set(realistic)
+    few = {k: accuracy_study.ablation_configs("original")[k] for k in ("baseline", "p_all4", "random")}
+    monkeypatch.setattr(accuracy_study, "ablation_configs", lambda regime: few)
+    out = tmp_path / "ablation.json"
+    args = ["--ablation", "--seed", "5", "-n", "2", "--out", str(tmp_path), "--json", str(out)]
+    assert accuracy_study.main(args) == 0
+    ablation = json.loads(out.read_text())
+    assert (ablation["regime"], ablation["model"], ablation["n"]) == ("original", "synthetic-model", 2)
+    assert set(ablation["z_vs_random"]) == {"p_all4"} and ablation["chosen"] == "p_all4"
+    text = "\n".join(report_accuracy.ablation_lines(ablation))
+    assert "original regime, 2 questions" in text and "| p_all4 |" in text
