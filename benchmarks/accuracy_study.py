@@ -127,21 +127,7 @@ def ablation_configs(regime: str = "original") -> dict[str, PruneVidConfig]:
     paper = PruneVidConfig.preset("paper")
     three = paper.replace(static_test="consecutive", static_time="middle", stage2_coverage=0.5)
     four = three.replace(spatial_merge="kcentre")
-    if regime == "realistic":
-        return {
-            "baseline": PruneVidConfig(),
-            "paper": paper,
-            "p_consec": paper.replace(static_test="consecutive"),
-            "p_middle": paper.replace(static_time="middle"),
-            "p_kc05": paper.replace(stage2_coverage=0.5),
-            "p_skc": paper.replace(spatial_merge="kcentre"),
-            "p_all4": four,
-            "T_all4_k02c1": four.replace(keep_ratio=0.2, cluster_ratio=1.0),
-            "random_2": reference_config("random", 0.021),
-            "random": reference_config("random", 0.043),
-            "random_9": reference_config("random", 0.089),
-        }
-    return {
+    alone = {
         "baseline": PruneVidConfig(),
         "paper": paper,
         "p_consec": paper.replace(static_test="consecutive"),
@@ -149,6 +135,17 @@ def ablation_configs(regime: str = "original") -> dict[str, PruneVidConfig]:
         "p_kc05": paper.replace(stage2_coverage=0.5),
         "p_skc": paper.replace(spatial_merge="kcentre"),
         "p_all4": four,
+    }
+    if regime == "realistic":
+        return {
+            **alone,
+            "T_all4_k02c1": four.replace(keep_ratio=0.2, cluster_ratio=1.0),
+            "random_2": reference_config("random", 0.021),
+            "random": reference_config("random", 0.043),
+            "random_9": reference_config("random", 0.089),
+        }
+    return {
+        **alone,
         "A_all4_k06": four.replace(keep_ratio=0.6),
         "B_all4_k08": four.replace(keep_ratio=0.8),
         "C_3_k06": three.replace(keep_ratio=0.6),
