@@ -51,7 +51,6 @@ import argparse
 import copy
 import dataclasses
 import datetime
-import inspect
 import json
 import math
 import platform
@@ -459,13 +458,8 @@ def write_set(folder: Path, n: int, seed: int, regime: str) -> Path:
     """The first ``n`` questions of stream ``seed`` of ``regime`` as videos + index (resumable)."""
     from prunevid.synthetic_qa import write_eval_set
 
-    kwargs: dict[str, Any] = {}
-    if "regime" in inspect.signature(write_eval_set).parameters:
-        kwargs["regime"] = regime
-    elif regime != "original":
-        raise SystemExit("this prunevid has no realistic regime yet (prunevid.synthetic_qa)")
     # A handful of questions is written here; a pool of processes only pays off for many.
-    return write_eval_set(folder, n, seed, workers=1 if n <= 24 else None, **kwargs)
+    return write_eval_set(folder, n, seed, workers=1 if n <= 24 else None, regime=regime)
 
 
 def evaluate_methods(
@@ -701,38 +695,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only paper and the new preset against random at their retention (e.g. all -n on a CPU)",
     )
     args = parser.parse_args(argv)
+    tuned = None
+    if args.tuning_from is not None:
+        study = json.loads(args.tuning_from.read_text(encoding="utf-8"))
+        tuned = tuned_preset(study, PruneVidConfig.preset(NEW_PRESET))
     if args.main_pairs:
         studies = [
             main_pairs(m, args.regime, args.seed, args.n, args.out, args.batch_size or 1)
             for m in args.model or [MODEL_DIR]
         ]
-        record = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "regime": args.regime,
-            "seed": args.seed,
-            "n": args.n,
-            "new_preset": NEW_PRESET,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-            "models": studies,
-        }
-        args.json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        for study in studies:
-            for test in study["paired"]:
-                print(
-                    f"{study['model']}: {test['first']} {test['accuracy_first']:.3f} vs {test['second']} "
-                    f"{test['accuracy_second']:.3f}: z = {test['z']:.2f}",
-                    flush=True,
-                )
+        write_record(args.json, args, models=studies)
+        print_targets(studies)
         return 0
     if args.kept_tokens:
         indices = [int(i) for i in args.kept_tokens.split(",")]
         configs = None
-        if args.tuning_from is not None:  # the regime's tuned preset, with paper and nothing pruned
-            tuned, _ = tuned_preset(
-                json.loads(args.tuning_from.read_text(encoding="utf-8")), PruneVidConfig.preset(NEW_PRESET)
-            )
+        if tuned is not None:  # the regime's tuned preset, with paper and nothing pruned
             paper = PruneVidConfig.preset("paper")
-            configs = {"baseline": PruneVidConfig(), "paper": paper, NEW_PRESET: tuned}
+            configs = {"baseline": PruneVidConfig(), "paper": paper, NEW_PRESET: tuned[0]}
         evidence = kept_token_evidence(
             args.seed,
             indices,
@@ -764,8 +744,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     preset = PruneVidConfig.preset(NEW_PRESET)
     clock = Clock()
     tuning = None
-    if args.tuning_from is not None:
-        preset, tuning = tuned_preset(json.loads(args.tuning_from.read_text(encoding="utf-8")), preset)
+    if tuned is not None:
+        preset, tuning = tuned
         print(f"tuning from {args.tuning_from}: {tuning['chosen']}", flush=True)
     elif args.tune_seed is not None:
 
@@ -808,7 +788,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if clock.per_answer is not None:  # None when every answer was already there (a resumed run)
             print(f"{model_dir.name}: {clock.per_answer:.4f} s per answer", flush=True)
-    result = {
+    write_record(args.json, args, batch_size=batch_size, seconds_per_answer=clock.per_answer, models=studies)
+    print_targets(studies)
+    return 0
+
+
+def write_record(path: Path, args: argparse.Namespace, **fields: Any) -> None:
+    """Write a study's JSON: date, regime, seed, n, the new preset, machine and versions, then ``fields``."""
+    import torch
+    import transformers
+
+    record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "regime": args.regime,
         "seed": args.seed,
@@ -820,12 +810,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         },
-        "batch_size": batch_size,
-        "seconds_per_answer": clock.per_answer,
-        "models": studies,
+        **fields,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def print_targets(studies: Sequence[Mapping[str, Any]]) -> None:
+    """Print each model's target comparisons: ``paper`` and the new preset against random at their
+    retention."""
     for study in studies:
         for test in study["paired"]:
             if test["second"].startswith("random@") and test["first"] in (
@@ -834,9 +827,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ):
                 print(
                     f"{study['model']}: {test['first']} {test['accuracy_first']:.3f} vs {test['second']} "
-                    f"{test['accuracy_second']:.3f} at {test['retention_first']:.3f}: z = {test['z']}"
+                    f"{test['accuracy_second']:.3f} at {test['retention_first']:.3f}: z = {test['z']:.2f}",
+                    flush=True,
                 )
-    return 0
 
 
 if __name__ == "__main__":
