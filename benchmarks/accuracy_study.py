@@ -69,7 +69,6 @@ from prunevid.reference_methods import METHODS, reference_config  # noqa: E402
 NEW_PRESET = "coverage"
 # keep_ratio of the points of paper and of the new preset (each also at its own).
 STRENGTHS = (0.2, 0.4, 0.6, 0.8)
-PAPER_KEEP = 0.4
 REFERENCE_GRID = (0.05, 0.2)
 MAX_RETENTION = 0.15  # the protocol's choice rule: the best accuracy at a retention of at most 15%
 FINAL_SEED = 20_261_130
@@ -79,15 +78,23 @@ FINAL_SEED = 20_261_130
 # The methods
 
 
-def point_name(family: str, keep_ratio: float) -> str:
-    """``paper`` / ``coverage`` at their preset strength, else ``<family>@k<keep_ratio>``."""
-    return f"{family}@k{keep_ratio:g}"
+def point_name(family: str, config: PruneVidConfig) -> str:
+    """The name that ``prunevid eval --presets`` reads back as ``config``
+    (:func:`prunevid.cli.preset_config`): ``<family>@k<keep_ratio>``, then ``c<cluster_ratio>`` and
+    ``+<static_time>`` where they differ from the preset ``family``'s (the only fields a study changes)."""
+    preset = PruneVidConfig.preset(family)
+    name = f"{family}@k{config.keep_ratio:g}"
+    if config.cluster_ratio != preset.cluster_ratio:
+        name += f"c{config.cluster_ratio:g}"
+    if config.static_time != preset.static_time:
+        name += f"+{config.static_time}"
+    return name
 
 
 def pruning_points(family: str, base: PruneVidConfig) -> dict[str, PruneVidConfig]:
     """``base`` at each ``keep_ratio`` of :data:`STRENGTHS`, and at its own when that is not one of them."""
-    keeps = sorted({*STRENGTHS, base.keep_ratio})
-    return {point_name(family, keep): base.replace(keep_ratio=keep) for keep in keeps}
+    configs = [base.replace(keep_ratio=keep) for keep in sorted({*STRENGTHS, base.keep_ratio})]
+    return {point_name(family, config): config for config in configs}
 
 
 def reference_points(
@@ -107,14 +114,20 @@ def reference_points(
     return points
 
 
-def candidates(base: PruneVidConfig) -> dict[str, PruneVidConfig]:
+def candidates(base: PruneVidConfig, regime: str = "original") -> dict[str, PruneVidConfig]:
     """The new preset's strength settings tried on a tuning stream: ``keep_ratio`` x ``cluster_ratio``,
-    its improvements as shipped. ``cluster_ratio`` 1.0 (no spatial merge) reaches the 10-15% retentions
-    the protocol's rule allows on the realistic regime, where 0.25-0.5 keep at most 5%."""
+    its improvements as shipped, and on the realistic regime each also with ``static_time="ends"``
+    (amendment 2 of the protocol). ``cluster_ratio`` 1.0 (no spatial merge) reaches the 10-15% retentions
+    the protocol's rule allows on the realistic regime, where 0.25-0.5 keep at most 5%. Named
+    ``coverage@k<keep>c<cluster>[+ends]``, which ``prunevid eval --presets`` reads back."""
+    static_times = ("middle", "ends") if regime == "realistic" else (base.static_time,)
     grid = {}
-    for keep in STRENGTHS:
-        for cluster in (0.25, 0.5, 1.0):
-            grid[f"{NEW_PRESET}@k{keep:g}c{cluster:g}"] = base.replace(keep_ratio=keep, cluster_ratio=cluster)
+    for static_time in static_times:
+        suffix = "" if static_time == base.static_time else f"+{static_time}"
+        for keep in STRENGTHS:
+            for cluster in (0.25, 0.5, 1.0):
+                config = base.replace(keep_ratio=keep, cluster_ratio=cluster, static_time=static_time)
+                grid[f"{NEW_PRESET}@k{keep:g}c{cluster:g}{suffix}"] = config
     return grid
 
 
@@ -537,7 +550,7 @@ def study_model(
     # Reference methods at the exact retention every PruneVid point measured, and on the grid.
     labels = {name: name for name in (*paper_points, *new_points)}
     measured = {label: methods[name]["retention"] for label, name in labels.items()}
-    main_points = (point_name("paper", PAPER_KEEP), point_name(NEW_PRESET, preset.keep_ratio))
+    main_points = (point_name("paper", PruneVidConfig.preset("paper")), point_name(NEW_PRESET, preset))
     references = reference_points(measured, main_points)
     methods = evaluate_methods(model, processor, data, run_dir, {**first, **references}, n, batch_size, clock)
     del model
@@ -546,8 +559,8 @@ def study_model(
         "n": n,
         **device_fields(),
         "preset_settings": _settings(preset),
-        "preset_point": point_name(NEW_PRESET, preset.keep_ratio),
-        "paper_point": point_name("paper", PAPER_KEEP),
+        "preset_point": point_name(NEW_PRESET, preset),
+        "paper_point": point_name("paper", PruneVidConfig.preset("paper")),
         "tuning": tune,
         "configs": {name: dataclasses.asdict(c) for name, c in {**first, **references}.items()},
         "methods": methods,
@@ -564,8 +577,8 @@ def main_pairs(model_dir: Path, regime: str, seed: int, n: int, out: Path, batch
     run_dir = out / model_dir.name
     preset = PruneVidConfig.preset(NEW_PRESET)
     points = {
-        point_name("paper", PAPER_KEEP): PruneVidConfig.preset("paper"),
-        point_name(NEW_PRESET, preset.keep_ratio): preset,
+        point_name("paper", PruneVidConfig.preset("paper")): PruneVidConfig.preset("paper"),
+        point_name(NEW_PRESET, preset): preset,
     }
     clock = Clock()
     first = {"baseline": PruneVidConfig(), **points}
@@ -578,8 +591,8 @@ def main_pairs(model_dir: Path, regime: str, seed: int, n: int, out: Path, batch
         "n": n,
         **device_fields(),
         "seconds_per_answer": clock.per_answer,
-        "preset_point": point_name(NEW_PRESET, preset.keep_ratio),
-        "paper_point": point_name("paper", PAPER_KEEP),
+        "preset_point": point_name(NEW_PRESET, preset),
+        "paper_point": point_name("paper", PruneVidConfig.preset("paper")),
         "configs": {name: dataclasses.asdict(c) for name, c in {**first, **randoms}.items()},
         "methods": methods,
         "paired": paired_tests(methods, {name: name for name in points}),
@@ -614,7 +627,7 @@ def tune_preset(
     :func:`candidates`). Questions are added in chunks of 48 while the deadline leaves room for
     ``reserve(seconds per answer)`` seconds of final tables."""
     model, processor = load_study_model(model_dir)
-    grid = {"baseline": PruneVidConfig(), **candidates(base)}
+    grid = {"baseline": PruneVidConfig(), **candidates(base, regime)}
     data = write_set(out / "tune-data", n, seed, regime)
     asked = 0
     results: dict[str, dict[str, Any]] = {}
@@ -655,7 +668,7 @@ def tuned_preset(study: Mapping[str, Any], base: PruneVidConfig) -> tuple[PruneV
     tuning = study["models"][0].get("tuning")
     if not tuning:
         raise ValueError("that study used the preset as shipped: it has no tuning to take")
-    grid = candidates(base)
+    grid = candidates(base, study["regime"])
     if tuning["chosen"] not in grid:
         raise ValueError(f"that study chose {tuning['chosen']}, which is not a candidate now")
     return grid[tuning["chosen"]], tuning
@@ -694,7 +707,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only paper and the new preset against random at their retention (e.g. all -n on a CPU)",
     )
+    parser.add_argument(
+        "--tune-only", action="store_true", help="stop after --tune-seed's choice (for --tuning-from)"
+    )
     args = parser.parse_args(argv)
+    if args.tune_only and args.tune_seed is None:
+        parser.error("--tune-only needs --tune-seed")
     tuned = None
     if args.tuning_from is not None:
         study = json.loads(args.tuning_from.read_text(encoding="utf-8"))
@@ -766,6 +784,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.deadline,
         )
         print(f"tuning: {tuning['chosen']} ({tuning['questions']} questions)", flush=True)
+        if args.tune_only:
+            tuned_model = {"model": (args.tune_model or models[0]).name, "tuning": tuning}
+            write_record(args.json, args, batch_size=batch_size, models=[tuned_model])
+            return 0
     studies = []
     for index, model_dir in enumerate(models):
         # What is left is shared by the models still to run.

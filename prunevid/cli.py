@@ -159,7 +159,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         "--presets",
         default="baseline,paper",
         help=f"comma-separated presets ({', '.join(PRESETS)}), each also at another strength as "
-        "NAME@k<keep_ratio>[c<cluster_ratio>] (e.g. coverage@k0.2c1), and reference methods to compare "
+        "NAME@k<keep_ratio>[c<cluster_ratio>][+<static_time>] (e.g. coverage@k0.2c1+ends), and reference "
+        "methods to compare "
         f"with ({', '.join(REFERENCE_METHODS)}); default baseline,paper",
     )
     command.add_argument(
@@ -205,31 +206,34 @@ def _quiet_libraries() -> None:
 
 
 def preset_config(name: str) -> PruneVidConfig:
-    """A preset by name, or at another strength: ``NAME@k<keep_ratio>`` or
-    ``NAME@k<keep_ratio>c<cluster_ratio>``, the point names of ``benchmarks/accuracy_study.py``'s tables
-    (e.g. ``coverage@k0.2c1``), so that ``prunevid eval`` reproduces every row of them.
+    """A preset by name, or at another strength: ``NAME@k<keep_ratio>[c<cluster_ratio>][+<static_time>]``,
+    the point names of ``benchmarks/accuracy_study.py``'s tables (e.g. ``coverage@k0.2c1`` or
+    ``coverage@k0.2c1+ends``), so that ``prunevid eval`` reproduces every row of them.
 
     Raises:
         ValueError: an unknown preset, a strength not written that way, a strength the preset has no stage
-            for (``keep_ratio`` needs Stage 2, ``cluster_ratio`` Stage 1), or an invalid value.
+            for (``keep_ratio`` needs Stage 2, ``cluster_ratio`` and ``static_time`` Stage 1), or an invalid
+            value.
     """
     base, at, strength = name.partition("@")
     config = PruneVidConfig.preset(base)
     if not at:
         return config
-    match = re.fullmatch(r"k(\d+(?:\.\d+)?)(?:c(\d+(?:\.\d+)?))?", strength)
+    match = re.fullmatch(r"k(\d+(?:\.\d+)?)(?:c(\d+(?:\.\d+)?))?(?:\+(\w+))?", strength)
     if match is None:
         raise ValueError(
-            f"{name!r}: a preset's strength is written NAME@k<keep_ratio> or "
-            "NAME@k<keep_ratio>c<cluster_ratio>, e.g. coverage@k0.2c1"
+            f"{name!r}: a preset's strength is written NAME@k<keep_ratio>, optionally followed by "
+            "c<cluster_ratio> and +<static_time>, e.g. coverage@k0.2c1 or coverage@k0.2c1+ends"
         )
     if not config.enable_stage2:
         raise ValueError(f"{name!r}: {base} has no Stage 2, so no keep_ratio to set")
-    changes = {"keep_ratio": float(match[1])}
-    if match[2] is not None:
-        if not config.enable_stage1:
-            raise ValueError(f"{name!r}: {base} has no Stage 1, so no cluster_ratio to set")
-        changes["cluster_ratio"] = float(match[2])
+    changes: dict[str, object] = {"keep_ratio": float(match[1])}
+    stage1 = {"cluster_ratio": None if match[2] is None else float(match[2]), "static_time": match[3]}
+    for field, value in stage1.items():
+        if value is not None:
+            if not config.enable_stage1:
+                raise ValueError(f"{name!r}: {base} has no Stage 1, so no {field} to set")
+            changes[field] = value
     return config.replace(**changes)
 
 

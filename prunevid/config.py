@@ -13,7 +13,7 @@ REFERENCE_DEPTH = 28
 AGGREGATIONS = ("max", "mean")
 # Opt-in improvements (issue 18); the first value of each is the paper's behaviour and the default.
 STATIC_TESTS = ("mean", "consecutive")
-STATIC_TIMES = ("first", "middle")
+STATIC_TIMES = ("first", "middle", "ends")
 SPATIAL_MERGES = ("dpc", "kcentre")
 
 
@@ -50,6 +50,10 @@ class PruneVidConfig:
       an object that shows up in one frame pair of a long segment is averaged into the background);
     - ``static_time="middle"``: a merged static token takes the M-RoPE time of the middle frame of its
       segment instead of the first (``"first"``), so it sits where its span is, not at its start;
+      ``static_time="ends"`` collapses each half of the segment instead of the whole: two tokens per static
+      position (or cluster), the first half's mean at the segment's first frame and the second half's at its
+      last, so the model sees when a static run begins and when it ends (one token anywhere in the span
+      hides one of the two);
     - ``spatial_merge="kcentre"``: Stage 1's spatial merge picks its ``int(n * cluster_ratio)`` centres by
       greedy k-centre (the token nearest the group's mean, then each time the token farthest from every
       centre) instead of DPC-KNN (``"dpc"``), whose density (mean distance to ``dpc_knn_k`` neighbours)

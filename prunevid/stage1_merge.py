@@ -55,13 +55,15 @@ class Stage1Result:
             ``positions_in[:, representative]``.
         representative: ``[N']`` int64, grid index ``t * h' * w' + row * w' + col`` of the token's
             representative source (its DPC centre; for a static token, the centre's position in the
-            first frame of its segment, or its middle frame with ``static_time="middle"``). Strictly
-            increasing: the output is in grid (t, h, w) order.
+            first frame of its segment, or its middle frame with ``static_time="middle"``; with
+            ``static_time="ends"`` the first frame for the segment's first half, the last for its second).
+            Strictly increasing: the output is in grid (t, h, w) order.
         assignment: ``[N]`` int64, for each source token the index in ``[0, N')`` of the merged token that
             contains it. Every source token is in exactly one merged token, and
             ``assignment[representative] == arange(N')``.
         segment_id: ``[N']`` int64, the temporal segment of each merged token.
-        is_static: ``[N']`` bool, whether the token merges a static position over its whole segment.
+        is_static: ``[N']`` bool, whether the token merges a static position over its whole segment (over
+            one half of it with ``static_time="ends"``).
         frame_index: ``[N']`` int64, the grid frame (t index) of the representative.
         frame_segments: ``[T']`` int64, the segment id of each frame: 0, non-decreasing, steps of 1.
 
@@ -488,25 +490,45 @@ def merge_video(
         static = _segment_similarity(decide, membership) > config.tau
     n_static = static.sum(1).cpu()
 
-    # Groups g < S: static tokens of segment g; g = S + t: dynamic tokens of frame t. Each group is a
+    # Static positions collapse over "parts" of their segment: the whole segment (the paper), or its two
+    # halves (the opt-in static_time="ends"). Representatives' frames: the segment's first frame (the paper;
+    # static_time="middle" takes its middle frame; "ends" the first frame for the first half, the last
+    # frame for the second), the frame itself for dynamic groups.
+    if config.static_time == "ends":
+        n_parts = 2 * n_segments
+        offset = torch.arange(n_frames) - first_frame[frame_segments_cpu]
+        second_half = offset >= (segment_len // 2)[frame_segments_cpu]
+        part_of_frame_cpu = 2 * frame_segments_cpu + second_half
+        part_segment_cpu = torch.arange(n_segments).repeat_interleave(2)
+        static_frame = torch.stack([first_frame, first_frame + segment_len - 1], 1).flatten()
+    else:
+        n_parts = n_segments
+        part_of_frame_cpu, part_segment_cpu = frame_segments_cpu, torch.arange(n_segments)
+        static_frame = first_frame + (segment_len - 1) // 2 if config.static_time == "middle" else first_frame
+
+    # Groups g < P: static tokens of part g; g = P + t: dynamic tokens of frame t. Each group is a
     # length-L row of slots (one per spatial position), `valid` marking its members.
-    n_groups = n_segments + n_frames
-    group_size = torch.cat([n_static, n_pos - n_static[frame_segments_cpu]])
+    n_groups = n_parts + n_frames
+    group_size = torch.cat([n_static[part_segment_cpu], n_pos - n_static[frame_segments_cpu]])
     keep = _cluster_sizes(group_size, config.cluster_ratio, config.min_tokens_to_cluster)
     n_out = int(keep.sum())
     clusters = bool((keep < group_size).any())
-    # Representatives' frames: the first frame of the segment for static groups (the paper; the opt-in
-    # static_time="middle" takes its middle frame), the frame for dynamic groups.
-    static_frame = first_frame + (segment_len - 1) // 2 if config.static_time == "middle" else first_frame
     base_frame = torch.cat([static_frame, torch.arange(n_frames)])
     # One upload, issued while the device queue is empty: a blocking copy waits for queued kernels.
     keep_dev, base_frame = torch.stack([keep, base_frame]).to(device).unbind(0)
+    if n_parts == n_segments:
+        part_of_frame, part_segment, part_membership = frame_segments, None, membership
+    else:
+        part_of_frame, part_segment = part_of_frame_cpu.to(device), part_segment_cpu.to(device)
+        part_membership = (part_of_frame[None, :] == torch.arange(n_parts, device=device)[:, None]).float()
 
     # 0/1 weights, then divide: exact sums of bf16 tokens even under TF32. Out of place, so gradients flow.
-    segment_sums = (membership @ frames.reshape(n_frames, -1)).view(n_segments, n_pos, channels)
-    segment_means = segment_sums / membership.sum(1)[:, None, None]
-    groups = torch.cat([segment_means, frames])  # "segment means then frames": [S + T', L, C]
-    valid = torch.cat([static, ~static[frame_segments]])
+    # An empty part (the first half of a one-frame segment, which is never static) divides by 1, not 0.
+    part_sums = (part_membership @ frames.reshape(n_frames, -1)).view(n_parts, n_pos, channels)
+    part_means = part_sums / part_membership.sum(1).clamp(min=1)[:, None, None]
+    groups = torch.cat([part_means, frames])  # "part means then frames": [P + T', L, C]
+    part_static = static if part_segment is None else static[part_segment]
+    valid = torch.cat([part_static, ~static[frame_segments]])
     slot = torch.arange(n_pos, device=device)
 
     # 1c. Spatial merge, all groups in one padded batch; skipped outright when no group shrinks.
@@ -527,12 +549,12 @@ def merge_video(
         cluster_size = valid.float()
         cluster_sum = groups
 
-    # Output order: grid index of each centre's representative (static: at its segment's static_frame).
+    # Output order: grid index of each centre's representative (static: at its part's static_frame).
     rep_grid = (base_frame[:, None] * n_pos + slot).flatten()
     chosen = torch.sort(torch.where(is_centre.flatten(), rep_grid, n_tokens), stable=True).indices[:n_out]
     representative = rep_grid[chosen]
     group_of = chosen // n_pos
-    is_static = group_of < n_segments
+    is_static = group_of < n_parts
     size = cluster_size.flatten()[chosen]
     merged = (cluster_sum.reshape(-1, channels)[chosen] / size[:, None]).to(features.dtype)
     # A single-source token is copied, not recomputed, so it is bit-identical to its source (a product
@@ -546,10 +568,11 @@ def merge_video(
     group_ids = torch.arange(n_groups, device=device)[:, None]
     out_of_member = out_of_slot[(group_ids * n_pos + centre_of).flatten()]
     frame_ids = torch.arange(n_frames, device=device)[:, None]
-    source_group = torch.where(static[frame_segments], frame_segments[:, None], n_segments + frame_ids)
+    source_group = torch.where(static[frame_segments], part_of_frame[:, None], n_parts + frame_ids)
     assignment = out_of_member[(source_group * n_pos + slot).flatten()]
 
-    segment_of_group = torch.cat([torch.arange(n_segments, device=device), frame_segments])
+    part_segments = torch.arange(n_segments, device=device) if part_segment is None else part_segment
+    segment_of_group = torch.cat([part_segments, frame_segments])
     return Stage1Result(
         features=merged,
         positions=positions[:, representative.to(positions.device)],

@@ -40,7 +40,9 @@ def test_study_runs_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(accuracy_study, "STRENGTHS", (0.4,))
     monkeypatch.setattr(accuracy_study, "REFERENCE_GRID", (0.1,))
     base = accuracy_study.candidates
-    monkeypatch.setattr(accuracy_study, "candidates", lambda preset: dict(list(base(preset).items())[:2]))
+    monkeypatch.setattr(
+        accuracy_study, "candidates", lambda preset, regime: dict(list(base(preset, regime).items())[:2])
+    )
     out = tmp_path / "study.json"
     args = [
         "--seed",
@@ -88,6 +90,34 @@ def test_study_runs_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     untuned.write_text(json.dumps({"models": [{**study, "tuning": None}]}))
     with pytest.raises(ValueError, match="no tuning to take"):
         accuracy_study.main([*args_again, "--tuning-from", str(untuned)])
+    # --tune-only stops after the choice (resumed here: every tuning answer is there), for --tuning-from.
+    tuned = tmp_path / "tuned.json"
+    assert accuracy_study.main([*args[:4], *args[4:-1], str(tuned), "--tune-only"]) == 0
+    (record,) = json.loads(tuned.read_text())["models"]
+    assert record == {"model": "synthetic-model", "tuning": study["tuning"]}
+    assert accuracy_study.main([*args_again, "--tuning-from", str(tuned)]) == 0
+    with pytest.raises(SystemExit):
+        accuracy_study.main([*args_again, "--tune-only"])
+
+
+def test_point_names_read_back_as_their_configs() -> None:
+    """Every point and tuning candidate of a study is reproduced by ``prunevid eval --presets NAME``."""
+    from prunevid.cli import preset_config
+    from prunevid.config import PruneVidConfig
+
+    coverage = PruneVidConfig.preset("coverage")
+    tuned = coverage.replace(keep_ratio=0.2, cluster_ratio=1.0, static_time="ends")
+    paper = PruneVidConfig.preset("paper")
+    for family, base in [("paper", paper), ("coverage", coverage), ("coverage", tuned)]:
+        for name, config in accuracy_study.pruning_points(family, base).items():
+            assert preset_config(name) == config, name
+    grid = accuracy_study.candidates(coverage, "realistic")
+    assert len(grid) == 24 and sum(name.endswith("+ends") for name in grid) == 12
+    assert len(accuracy_study.candidates(coverage, "original")) == 12
+    for name, config in grid.items():
+        assert preset_config(name) == config, name
+    assert accuracy_study.point_name("coverage", tuned) == "coverage@k0.2c1+ends"
+    assert accuracy_study.point_name("paper", PruneVidConfig.preset("paper")) == "paper@k0.4"
 
 
 def test_main_pairs_runs_the_two_target_comparisons(tmp_path: Path) -> None:
@@ -114,7 +144,7 @@ def test_main_pairs_runs_the_two_target_comparisons(tmp_path: Path) -> None:
 def test_kept_token_evidence_follows_each_object(tmp_path: Path) -> None:
     """``--kept-tokens``: unpruned, every object is shown by unmerged tokens that all reach the LLM; under
     the tuned preset Stage 1 merges and Stage 2 drops, and the report renders the rows."""
-    study = {"models": [{"tuning": {"chosen": "coverage@k0.2c1"}}]}
+    study = {"regime": "original", "models": [{"tuning": {"chosen": "coverage@k0.2c1"}}]}
     (tmp_path / "study.json").write_text(json.dumps(study))
     out = tmp_path / "kept.json"
     args = ["--kept-tokens", "0", "--seed", "5", "--out", str(tmp_path), "--json", str(out)]

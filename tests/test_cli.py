@@ -207,19 +207,27 @@ def test_eval_synthetic_writes_only_what_the_run_needs(
 
 
 def test_preset_config_reads_a_point_name() -> None:
-    """``NAME@k<keep_ratio>[c<cluster_ratio>]``: the preset with that strength, nothing else changed."""
+    """``NAME@k<keep_ratio>[c<cluster_ratio>][+<static_time>]``: the preset with that strength, nothing else
+    changed."""
     coverage = cli.preset_config("coverage")
     assert coverage == prunevid.PruneVidConfig.preset("coverage")
     assert cli.preset_config("coverage@k0.2c1") == coverage.replace(keep_ratio=0.2, cluster_ratio=1.0)
+    ends = coverage.replace(keep_ratio=0.2, cluster_ratio=1.0, static_time="ends")
+    assert cli.preset_config("coverage@k0.2c1+ends") == ends
     paper = prunevid.PruneVidConfig.preset("paper")
     assert cli.preset_config("paper@k0.25") == paper.replace(keep_ratio=0.25)
+    assert cli.preset_config("paper@k0.4+middle") == paper.replace(static_time="middle")
     for bad, message in [
         ("paper@0.2", "is written NAME@k<keep_ratio>"),
         ("paper@k0.2x", "is written NAME@k<keep_ratio>"),
         ("paper@k.5", "is written NAME@k<keep_ratio>"),
+        ("paper@k0.2+", "is written NAME@k<keep_ratio>"),
+        ("paper@c1+ends", "is written NAME@k<keep_ratio>"),
         ("baseline@k0.2", "baseline has no Stage 2"),
-        ("stage2_only@k0.3c0.5", "stage2_only has no Stage 1"),
+        ("stage2_only@k0.3c0.5", "stage2_only has no Stage 1, so no cluster_ratio"),
+        ("stage2_only@k0.3+ends", "stage2_only has no Stage 1, so no static_time"),
         ("paper@k2", "keep_ratio=2.0 is invalid"),
+        ("paper@k0.2+last", "static_time='last' is invalid"),
         ("papr@k0.2", "unknown preset 'papr'"),
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):

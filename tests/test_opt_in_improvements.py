@@ -1,6 +1,6 @@
-"""Issue 18's opt-in improvements: the consecutive static test, static tokens at their span's middle, Stage-2
-coverage, the ``coverage`` preset, and the accuracy study's statistics. With their defaults nothing of them
-runs, so ``paper`` stays the paper's method."""
+"""Issue 18's opt-in improvements: the consecutive static test, static tokens at their span's middle or at
+both of its ends, Stage-2 coverage, the ``coverage`` preset, and the accuracy study's statistics. With their
+defaults nothing of them runs, so ``paper`` stays the paper's method."""
 
 from __future__ import annotations
 
@@ -177,6 +177,41 @@ def test_middle_time_moves_static_tokens_only(t: int, side: int, seed: int, clus
         assert torch.equal(middle.positions[:, j], positions[:, middle.representative[j]])
 
 
+@FAST
+@given(st.integers(2, 8), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_ends_time_keeps_each_static_run_as_its_two_halves(t: int, side: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    c = 6
+    video = torch.randn(1, side * side, c, generator=gen).repeat(t, 1, 1)
+    video[:, 0] = torch.randn(t, c, generator=gen)  # one position changes every frame
+    video += 0.01 * torch.randn(video.shape, generator=gen)
+    features, grid, positions = video.reshape(-1, c), (t, side, side), _positions(t, side, side)
+    config = PruneVidConfig(cluster_ratio=1.0, temporal_segment_ratio=0.5)  # no spatial merge: exact halves
+    first = merge_video(features, grid, positions, config)
+    ends = merge_video(features, grid, positions, config.replace(static_time="ends"))
+    _check_result(ends, features, grid, positions, "ends")
+    assert torch.equal(ends.frame_segments, first.frame_segments)
+    n_pos = side * side
+    segment_len = torch.bincount(first.frame_segments)
+    start = torch.cumsum(segment_len, 0) - segment_len
+    frames = features.reshape(t, n_pos, c)
+    # The dynamic tokens are unchanged; each static token of the paper's collapse becomes two: the mean of its
+    # segment's first half at the segment's first frame, that of its second half at the last frame.
+    dynamic = {int(r): i for i, r in enumerate(first.representative) if not first.is_static[i]}
+    expected = dict(dynamic)
+    for i in first.is_static.nonzero().squeeze(1).tolist():
+        segment, slot = int(first.segment_id[i]), int(first.representative[i]) % n_pos
+        begin, length = int(start[segment]), int(segment_len[segment])
+        half = length // 2
+        expected[begin * n_pos + slot] = frames[begin : begin + half, slot].mean(0)
+        expected[(begin + length - 1) * n_pos + slot] = frames[begin + half : begin + length, slot].mean(0)
+    assert sorted(expected) == ends.representative.tolist()
+    assert int(ends.is_static.sum()) == 2 * int(first.is_static.sum())
+    for j, r in enumerate(ends.representative.tolist()):
+        want = first.features[expected[r]] if r in dynamic and not ends.is_static[j] else expected[r]
+        torch.testing.assert_close(ends.features[j], want)
+
+
 # --------------------------------------------------------------------------------------------------
 # Stage 1: k-centre spatial merge
 
@@ -234,6 +269,7 @@ def test_kcentre_padded_contract(sizes: list[int], share: float, c: int, seed: i
     tau=st.sampled_from([-1.0, 0.5, 0.8]),
     beta=st.sampled_from([0.05, 0.3, 0.5, 1.0]),
     static_test=st.sampled_from(["mean", "consecutive"]),
+    static_time=st.sampled_from(["first", "middle", "ends"]),
     spatial_merge=st.sampled_from(["dpc", "kcentre"]),
 )
 def test_merge_video_invariants_hold_with_the_opt_ins(
@@ -245,6 +281,7 @@ def test_merge_video_invariants_hold_with_the_opt_ins(
     tau: float,
     beta: float,
     static_test: str,
+    static_time: str,
     spatial_merge: str,
 ) -> None:
     features, positions = _structured_video(t, h, w, 4, seed, noise), _grid_positions(t, h, w)
@@ -254,10 +291,11 @@ def test_merge_video_invariants_hold_with_the_opt_ins(
         cluster_ratio=beta,
         min_tokens_to_cluster=0,
         static_test=static_test,
+        static_time=static_time,
         spatial_merge=spatial_merge,
     )
     result = merge_video(features, (t, h, w), positions, config)
-    _check_result(result, features, (t, h, w), positions)
+    _check_result(result, features, (t, h, w), positions, static_time)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -44,9 +44,13 @@ def _grid_positions(t: int, h: int, w: int, t_scale: int = 2) -> torch.Tensor:
 
 
 def _check_result(
-    result: Stage1Result, features: torch.Tensor, grid: tuple[int, int, int], positions: torch.Tensor
+    result: Stage1Result,
+    features: torch.Tensor,
+    grid: tuple[int, int, int],
+    positions: torch.Tensor,
+    static_time: str = "first",
 ) -> None:
-    """Every invariant merge_video promises, whatever merged."""
+    """Every invariant merge_video promises, whatever merged (static tokens where ``static_time`` says)."""
     n = features.shape[0]
     n_pos = grid[1] * grid[2]
     n_out = result.num_tokens
@@ -77,16 +81,25 @@ def _check_result(
     assert seg.shape == (grid[0],) and int(seg[0]) == 0
     assert bool(((seg[1:] - seg[:-1]) >= 0).all() and ((seg[1:] - seg[:-1]) <= 1).all())
     assert torch.equal(result.segment_id, seg[result.frame_index])
-    # sources of a token: static ones cover the whole segment at each of their positions, dynamic ones
-    # lie in the representative's frame
+    # sources of a token: static ones cover the whole segment at each of their positions (its first or
+    # second half with static_time="ends"), dynamic ones lie in the representative's frame
     source_frame = torch.arange(n) // n_pos
     for j in range(n_out):
         frames = source_frame[result.assignment == j]
         if bool(result.is_static[j]):
             seg_frames = (seg == result.segment_id[j]).nonzero().squeeze(1)
-            assert len(seg_frames) >= 2 and int(result.frame_index[j]) == int(seg_frames[0])
-            assert torch.equal(torch.unique(frames), seg_frames)
-            assert len(frames) % len(seg_frames) == 0
+            at = int(result.frame_index[j])
+            assert len(seg_frames) >= 2
+            if static_time == "ends":
+                half = len(seg_frames) // 2
+                assert at in (int(seg_frames[0]), int(seg_frames[-1]))
+                part = seg_frames[:half] if at == int(seg_frames[0]) else seg_frames[half:]
+            else:
+                part = seg_frames
+                middle = static_time == "middle"
+                assert at == int(seg_frames[(len(seg_frames) - 1) // 2 if middle else 0])
+            assert torch.equal(torch.unique(frames), part)
+            assert len(frames) % len(part) == 0
         else:
             assert bool((frames == result.frame_index[j]).all())
 
