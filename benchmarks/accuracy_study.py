@@ -568,14 +568,23 @@ def study_model(
     }
 
 
-def main_pairs(model_dir: Path, regime: str, seed: int, n: int, out: Path, batch_size: int) -> dict[str, Any]:
+def main_pairs(
+    model_dir: Path,
+    regime: str,
+    seed: int,
+    n: int,
+    out: Path,
+    batch_size: int,
+    tuned: tuple[PruneVidConfig, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The protocol's two target comparisons alone, cheap enough for all ``n`` questions on a CPU: baseline,
-    ``paper`` and the shipped new preset, then ``random`` at the retention each of them measured; paired
-    McNemar tests. Same harness, same JSON keys as :func:`study_model` (without the strength grid)."""
+    ``paper`` and the new preset (as shipped, or ``tuned``: its settings and tuning record, from
+    :func:`tuned_preset`), then ``random`` at the retention each of them measured; paired McNemar tests.
+    Same harness, same JSON keys as :func:`study_model` (without the strength grid)."""
     model, processor = load_study_model(model_dir)
     data = write_set(out / "data", n, seed, regime)
     run_dir = out / model_dir.name
-    preset = PruneVidConfig.preset(NEW_PRESET)
+    preset, tune = tuned or (PruneVidConfig.preset(NEW_PRESET), None)
     points = {
         point_name("paper", PruneVidConfig.preset("paper")): PruneVidConfig.preset("paper"),
         point_name(NEW_PRESET, preset): preset,
@@ -591,6 +600,8 @@ def main_pairs(model_dir: Path, regime: str, seed: int, n: int, out: Path, batch
         "n": n,
         **device_fields(),
         "seconds_per_answer": clock.per_answer,
+        "preset_settings": _settings(preset),
+        "tuning": tune,
         "preset_point": point_name(NEW_PRESET, preset),
         "paper_point": point_name("paper", PruneVidConfig.preset("paper")),
         "configs": {name: dataclasses.asdict(c) for name, c in {**first, **randoms}.items()},
@@ -719,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tuned = tuned_preset(study, PruneVidConfig.preset(NEW_PRESET))
     if args.main_pairs:
         studies = [
-            main_pairs(m, args.regime, args.seed, args.n, args.out, args.batch_size or 1)
+            main_pairs(m, args.regime, args.seed, args.n, args.out, args.batch_size or 1, tuned)
             for m in args.model or [MODEL_DIR]
         ]
         write_record(args.json, args, models=studies)
