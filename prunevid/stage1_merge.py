@@ -517,7 +517,8 @@ def merge_video(
     # One upload, issued while the device queue is empty: a blocking copy waits for queued kernels.
     keep_dev, base_frame = torch.stack([keep, base_frame]).to(device).unbind(0)
     if n_parts == n_segments:
-        part_of_frame, part_segment, part_membership = frame_segments, None, membership
+        part_of_frame, part_membership = frame_segments, membership
+        part_segment = torch.arange(n_segments, device=device)
     else:
         part_of_frame, part_segment = part_of_frame_cpu.to(device), part_segment_cpu.to(device)
         part_membership = (part_of_frame[None, :] == torch.arange(n_parts, device=device)[:, None]).float()
@@ -527,8 +528,7 @@ def merge_video(
     part_sums = (part_membership @ frames.reshape(n_frames, -1)).view(n_parts, n_pos, channels)
     part_means = part_sums / part_membership.sum(1).clamp(min=1)[:, None, None]
     groups = torch.cat([part_means, frames])  # "part means then frames": [P + T', L, C]
-    part_static = static if part_segment is None else static[part_segment]
-    valid = torch.cat([part_static, ~static[frame_segments]])
+    valid = torch.cat([static[part_segment], ~static[frame_segments]])
     slot = torch.arange(n_pos, device=device)
 
     # 1c. Spatial merge, all groups in one padded batch; skipped outright when no group shrinks.
@@ -571,8 +571,7 @@ def merge_video(
     source_group = torch.where(static[frame_segments], part_of_frame[:, None], n_parts + frame_ids)
     assignment = out_of_member[(source_group * n_pos + slot).flatten()]
 
-    part_segments = torch.arange(n_segments, device=device) if part_segment is None else part_segment
-    segment_of_group = torch.cat([part_segments, frame_segments])
+    segment_of_group = torch.cat([part_segment, frame_segments])
     return Stage1Result(
         features=merged,
         positions=positions[:, representative.to(positions.device)],
