@@ -129,15 +129,20 @@ def test_paper_never_runs_the_opt_in_code(monkeypatch: pytest.MonkeyPatch) -> No
 # Stage 1: static tokens at the middle of their span
 
 
-@FAST
-@given(st.integers(2, 8), st.integers(1, 3), st.integers(0, 2**31 - 1), st.floats(0.1, 1.0))
-def test_middle_time_moves_static_tokens_only(t: int, side: int, seed: int, cluster_ratio: float) -> None:
+def _static_but_one(t: int, side: int, seed: int, c: int = 6) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+    """A ``t x side x side`` video whose positions are static (up to noise) but one: ``(features [N, c], grid,
+    positions [3, N])``."""
     gen = torch.Generator().manual_seed(seed)
-    c = 6
     video = torch.randn(1, side * side, c, generator=gen).repeat(t, 1, 1)
     video[:, 0] = torch.randn(t, c, generator=gen)  # one position changes every frame
     video += 0.01 * torch.randn(video.shape, generator=gen)
-    features, grid, positions = video.reshape(-1, c), (t, side, side), _positions(t, side, side)
+    return video.reshape(-1, c), (t, side, side), _positions(t, side, side)
+
+
+@FAST
+@given(st.integers(2, 8), st.integers(1, 3), st.integers(0, 2**31 - 1), st.floats(0.1, 1.0))
+def test_middle_time_moves_static_tokens_only(t: int, side: int, seed: int, cluster_ratio: float) -> None:
+    features, grid, positions = _static_but_one(t, side, seed)
     config = PruneVidConfig(cluster_ratio=cluster_ratio, min_tokens_to_cluster=0, temporal_segment_ratio=0.5)
     first = merge_video(features, grid, positions, config)
     middle = merge_video(features, grid, positions, config.replace(static_time="middle"))
@@ -180,12 +185,7 @@ def test_middle_time_moves_static_tokens_only(t: int, side: int, seed: int, clus
 @FAST
 @given(st.integers(2, 8), st.integers(1, 3), st.integers(0, 2**31 - 1))
 def test_ends_time_keeps_each_static_run_as_its_two_halves(t: int, side: int, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    c = 6
-    video = torch.randn(1, side * side, c, generator=gen).repeat(t, 1, 1)
-    video[:, 0] = torch.randn(t, c, generator=gen)  # one position changes every frame
-    video += 0.01 * torch.randn(video.shape, generator=gen)
-    features, grid, positions = video.reshape(-1, c), (t, side, side), _positions(t, side, side)
+    features, grid, positions = _static_but_one(t, side, seed)
     config = PruneVidConfig(cluster_ratio=1.0, temporal_segment_ratio=0.5)  # no spatial merge: exact halves
     first = merge_video(features, grid, positions, config)
     ends = merge_video(features, grid, positions, config.replace(static_time="ends"))
@@ -194,7 +194,7 @@ def test_ends_time_keeps_each_static_run_as_its_two_halves(t: int, side: int, se
     n_pos = side * side
     segment_len = torch.bincount(first.frame_segments)
     start = torch.cumsum(segment_len, 0) - segment_len
-    frames = features.reshape(t, n_pos, c)
+    frames = features.reshape(t, n_pos, -1)
     # The dynamic tokens are unchanged; each static token of the paper's collapse becomes two: the mean of its
     # segment's first half at the segment's first frame, that of its second half at the last frame.
     dynamic = {int(r): i for i, r in enumerate(first.representative) if not first.is_static[i]}
