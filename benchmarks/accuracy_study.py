@@ -727,6 +727,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tuned = None
     if args.tuning_from is not None:
         study = json.loads(args.tuning_from.read_text(encoding="utf-8"))
+        if study["regime"] != args.regime:
+            where = f"{args.tuning_from} was tuned on the {study['regime']} regime"
+            raise SystemExit(f"{where}, not the {args.regime}")
         tuned = tuned_preset(study, PruneVidConfig.preset(NEW_PRESET))
     if args.main_pairs:
         studies = [

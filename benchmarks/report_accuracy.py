@@ -300,6 +300,23 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def tuning_lines(tuning: dict[str, Any]) -> list[str]:
+    """Every tuning candidate of a study's ``tuning`` record, by retention, the rule's choice in bold."""
+    types = sorted(tuning["candidates"]["baseline"]["per_type"])
+    lines = [
+        f"Tuning seed {tuning['seed']}, {tuning['questions']} questions, rule: {tuning['rule']}.",
+        "",
+        "| candidate | accuracy | kept | " + " | ".join(types) + " |",
+        "|---|---|---|" + "---|" * len(types),
+    ]
+    by_retention = sorted(tuning["candidates"].items(), key=lambda item: (item[1]["retention"], item[0]))
+    for name, m in by_retention:
+        label = f"**{name}**" if name == tuning["chosen"] else name
+        per_type = " | ".join(_pct(m["per_type"].get(t), 0) for t in types)
+        lines.append(f"| {label} | {_pct(m['accuracy'])} | {_pct(m['retention'])} | {per_type} |")
+    return lines
+
+
 def main_pairs_lines(record: dict[str, Any]) -> list[str]:
     """The target comparisons on every question of the protocol (``accuracy_study.py --main-pairs``)."""
     first = record["models"][0]
@@ -318,6 +335,7 @@ def main_pairs_lines(record: dict[str, Any]) -> list[str]:
         f"{record['versions']['transformers']}: `paper` and {which}, each against `random` at the retention "
         "it measured (`benchmarks/accuracy_study.py --main-pairs`).",
         "",
+        *([*tuning_lines(tuning), ""] if tuning else []),
     ]
     for study in record["models"]:
         methods = study["methods"]

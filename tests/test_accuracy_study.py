@@ -138,7 +138,29 @@ def test_main_pairs_runs_the_two_target_comparisons(tmp_path: Path) -> None:
         (paper, f"random@{paper}"),
     }
     text = "\n".join(report_accuracy.main_pairs_lines(json.loads(out.read_text())))
-    assert "All 2 questions" in text and "beats random at equal retention" in text
+    assert "2 questions of final seed 5" in text and "beats random at equal retention" in text
+    assert "`coverage` as shipped" in text
+    # With --tuning-from: the setting an earlier tuning chose, its record kept and its candidates rendered.
+    scores = {"accuracy": 1.0, "retention": 0.1, "per_type": {"colour": 1.0}}
+    tuning = {
+        "seed": 6,
+        "questions": 2,
+        "rule": "the protocol's",
+        "chosen": "coverage@k0.2c1",
+        "candidates": {"baseline": {**scores, "retention": 1.0}, "coverage@k0.2c1": scores},
+    }
+    (tmp_path / "tuned.json").write_text(json.dumps({"regime": "original", "models": [{"tuning": tuning}]}))
+    assert accuracy_study.main([*args, "--tuning-from", str(tmp_path / "tuned.json")]) == 0
+    (tuned,) = json.loads(out.read_text())["models"]
+    assert tuned["preset_point"] == "coverage@k0.2c1" and tuned["tuning"] == tuning
+    assert tuned["preset_settings"]["cluster_ratio"] == 1.0
+    text = "\n".join(report_accuracy.main_pairs_lines(json.loads(out.read_text())))
+    assert "chosen on tuning seed 6 (2 questions): `coverage@k0.2c1`" in text
+    assert "| **coverage@k0.2c1** | 100.0% | 10.0% | 100% |" in text
+    # A tuning made on another regime is refused.
+    (tmp_path / "other.json").write_text(json.dumps({"regime": "realistic", "models": [{"tuning": tuning}]}))
+    with pytest.raises(SystemExit, match="tuned on the realistic regime"):
+        accuracy_study.main([*args, "--tuning-from", str(tmp_path / "other.json")])
 
 
 def test_kept_token_evidence_follows_each_object(tmp_path: Path) -> None:
