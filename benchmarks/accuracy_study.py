@@ -753,6 +753,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_dir=(args.model or [None])[0],
             configs=configs,
         )
+        if tuned is not None:
+            evidence["preset_point"] = point_name(NEW_PRESET, tuned[0])
         args.json.write_text(json.dumps(evidence, indent=1) + "\n", encoding="utf-8")
         return 0
     if args.ablation:

@@ -32,7 +32,9 @@ MAIN_PAIRS = {
     "original": RESULTS / "accuracy_original_main_pairs_cpu.json",
     "realistic": RESULTS / "accuracy_realistic_ends_main_pairs_cpu.json",
 }
-KEPT_TOKENS = [RESULTS / f"accuracy_kept_tokens_{regime}.json" for regime in ("original", "realistic")]
+KEPT_TOKENS = [
+    RESULTS / f"accuracy_kept_tokens_{name}.json" for name in ("original", "realistic", "realistic_ends")
+]
 REFERENCES = ("random", "uniform_frames", "evs", "fastv")
 FAMILY_STYLE = {
     "paper": ("tab:blue", "s-"),
@@ -228,7 +230,8 @@ def kept_token_lines(evidence: dict[str, Any]) -> list[str]:
         f"{evidence['model']}, seed {evidence['seed']}, `accuracy_study.py --kept-tokens`): per object, "
         "the merged tokens holding at least 30% of it in one source token: how many, in which frame "
         "pairs, from how many source tokens each, and the object's best share of a token's pixels "
-        "(unpruned: 1 source each, every frame pair).",
+        "(unpruned: 1 source each, every frame pair)"
+        + (f"; `coverage` is `{evidence['preset_point']}`." if "preset_point" in evidence else "."),
         "",
         "| question | objects (right answer) | configuration | answer | tokens after stage 1 / 2 "
         "| per object: tokens, frame pairs, sources each, best share |",

@@ -182,6 +182,7 @@ def test_kept_token_evidence_follows_each_object(tmp_path: Path) -> None:
     assert configs["coverage"]["stage2"] < configs["coverage"]["stage1"] < 512
     text = "\n".join(report_accuracy.kept_token_lines(evidence))
     assert f"| {question['id']} |" in text and "original regime" in text
+    assert evidence["preset_point"] == "coverage@k0.2c1" and "`coverage` is `coverage@k0.2c1`" in text
 
 
 def test_ablation_runs_per_regime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
