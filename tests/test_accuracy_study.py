@@ -87,7 +87,7 @@ def test_study_runs_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     (later,) = json.loads(again.read_text())["models"]
     assert later["tuning"] == study["tuning"] and later["preset_settings"] == study["preset_settings"]
     untuned = tmp_path / "untuned.json"
-    untuned.write_text(json.dumps({"models": [{**study, "tuning": None}]}))
+    untuned.write_text(json.dumps({"regime": "original", "models": [{**study, "tuning": None}]}))
     with pytest.raises(ValueError, match="no tuning to take"):
         accuracy_study.main([*args_again, "--tuning-from", str(untuned)])
     # --tune-only stops after the choice (resumed here: every tuning answer is there), for --tuning-from.
