@@ -486,7 +486,7 @@ WHY = [
     "at the run's first or last frame, so the model sees when an object arrives and when it leaves; tuned "
     "and judged on the CPU, float32, for want of GPU time): on the 96 tuning questions every `+ends` "
     "candidate is at or above the `middle` candidates of about the same retention, by end answers above "
-    "all (94-100% against 81-88%), and the rule chose `coverage@k0.8c0.25+ends` (90.6% at 7.8%, as the "
+    "all (88-100% against 69-88%), and the rule chose `coverage@k0.8c0.25+ends` (90.6% at 7.8%, as the "
     "unpruned model). On 400 questions of the new final seed 20261201 it keeps 7.9% and answers 88.8%, "
     "95.7% of the unpruned 92.8%, against random's 82.8% at the same retention (z = 3.21): both realistic "
     "targets met on the model the rule tuned with. On the dropout-trained model it answers 88.8% too, "
