@@ -515,12 +515,11 @@ def merge_video(
     clusters = bool((keep < group_size).any())
     base_frame = torch.cat([static_frame, torch.arange(n_frames)])
     # One upload, issued while the device queue is empty: a blocking copy waits for queued kernels.
-    keep_dev, base_frame = torch.stack([keep, base_frame]).to(device).unbind(0)
-    if n_parts == n_segments:
-        part_of_frame, part_membership = frame_segments, membership
-        part_segment = torch.arange(n_segments, device=device)
+    uploads = torch.cat([keep, base_frame, part_of_frame_cpu, part_segment_cpu]).to(device)
+    keep_dev, base_frame, part_of_frame, part_segment = uploads.split([n_groups, n_groups, n_frames, n_parts])
+    if n_parts == n_segments:  # the parts are the segments
+        part_membership = membership
     else:
-        part_of_frame, part_segment = part_of_frame_cpu.to(device), part_segment_cpu.to(device)
         part_membership = (part_of_frame[None, :] == torch.arange(n_parts, device=device)[:, None]).float()
 
     # 0/1 weights, then divide: exact sums of bf16 tokens even under TF32. Out of place, so gradients flow.

@@ -197,8 +197,8 @@ def test_ends_time_keeps_each_static_run_as_its_two_halves(t: int, side: int, se
     frames = features.reshape(t, n_pos, -1)
     # The dynamic tokens are unchanged; each static token of the paper's collapse becomes two: the mean of its
     # segment's first half at the segment's first frame, that of its second half at the last frame.
-    dynamic = {int(r): i for i, r in enumerate(first.representative) if not first.is_static[i]}
-    expected = dict(dynamic)
+    dynamic = (~first.is_static).nonzero().squeeze(1).tolist()
+    expected = {int(first.representative[i]): first.features[i] for i in dynamic}
     for i in first.is_static.nonzero().squeeze(1).tolist():
         segment, slot = int(first.segment_id[i]), int(first.representative[i]) % n_pos
         begin, length = int(start[segment]), int(segment_len[segment])
@@ -208,8 +208,7 @@ def test_ends_time_keeps_each_static_run_as_its_two_halves(t: int, side: int, se
     assert sorted(expected) == ends.representative.tolist()
     assert int(ends.is_static.sum()) == 2 * int(first.is_static.sum())
     for j, r in enumerate(ends.representative.tolist()):
-        want = first.features[expected[r]] if r in dynamic and not ends.is_static[j] else expected[r]
-        torch.testing.assert_close(ends.features[j], want)
+        torch.testing.assert_close(ends.features[j], expected[r])
 
 
 # --------------------------------------------------------------------------------------------------
