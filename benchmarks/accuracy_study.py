@@ -39,6 +39,22 @@ The tuning-seed ablations and the kept-token evidence of ``docs/synthetic.md``:
         --tuning-from benchmarks/results/accuracy_realistic.json \
         --out prunevid-eval/kept-realistic --json benchmarks/results/accuracy_kept_tokens_realistic.json
 
+Amendment 2 of the protocol (``static_time="ends"`` in the realistic grid), run on the CPU: tune alone, then
+the target comparisons on its final seed per model, and the kept-token rows under its choice:
+
+    python benchmarks/accuracy_study.py --regime realistic --tune-seed 7002 --tune-n 96 --tune-only \
+        --model prunevid/data/synthetic-model-realistic --seed 20261201 --out prunevid-eval/ends \
+        --json prunevid-eval/ends/tuning.json
+    python benchmarks/accuracy_study.py --main-pairs --tuning-from prunevid-eval/ends/tuning.json \
+        --regime realistic --model prunevid/data/synthetic-model-realistic --seed 20261201 -n 400 \
+        --out prunevid-eval/ends --json prunevid-eval/ends/main_pairs.json
+    python benchmarks/accuracy_study.py --kept-tokens 16,46,65,10 --seed 7002 --regime realistic \
+        --model prunevid/data/synthetic-model-realistic --tuning-from prunevid-eval/ends/tuning.json \
+        --out prunevid-eval/kept-ends --json benchmarks/results/accuracy_kept_tokens_realistic_ends.json
+
+(the second with ``--model prunevid/data/synthetic-model-realistic-dropout`` too; the two models' records
+are the two entries of ``benchmarks/results/accuracy_realistic_ends_main_pairs_cpu.json``).
+
 The JSON holds, per model: every method point's accuracy, mean retention, tokens per stage, accuracy per
 question type and each question's correctness (``1``/``0``, ``-`` for an error, in question order), and
 paired McNemar tests (:func:`mcnemar`) of the new preset and of ``paper`` against every reference method at
@@ -89,6 +105,9 @@ def point_name(family: str, config: PruneVidConfig) -> str:
     if config.static_time != preset.static_time:
         name += f"+{config.static_time}"
     return name
+
+
+PAPER_POINT = point_name("paper", PruneVidConfig.preset("paper"))  # paper@k0.4
 
 
 def pruning_points(family: str, base: PruneVidConfig) -> dict[str, PruneVidConfig]:
@@ -550,7 +569,7 @@ def study_model(
     # Reference methods at the exact retention every PruneVid point measured, and on the grid.
     labels = {name: name for name in (*paper_points, *new_points)}
     measured = {label: methods[name]["retention"] for label, name in labels.items()}
-    main_points = (point_name("paper", PruneVidConfig.preset("paper")), point_name(NEW_PRESET, preset))
+    main_points = (PAPER_POINT, point_name(NEW_PRESET, preset))
     references = reference_points(measured, main_points)
     methods = evaluate_methods(model, processor, data, run_dir, {**first, **references}, n, batch_size, clock)
     del model
@@ -560,7 +579,7 @@ def study_model(
         **device_fields(),
         "preset_settings": _settings(preset),
         "preset_point": point_name(NEW_PRESET, preset),
-        "paper_point": point_name("paper", PruneVidConfig.preset("paper")),
+        "paper_point": PAPER_POINT,
         "tuning": tune,
         "configs": {name: dataclasses.asdict(c) for name, c in {**first, **references}.items()},
         "methods": methods,
@@ -586,7 +605,7 @@ def main_pairs(
     run_dir = out / model_dir.name
     preset, tune = tuned or (PruneVidConfig.preset(NEW_PRESET), None)
     points = {
-        point_name("paper", PruneVidConfig.preset("paper")): PruneVidConfig.preset("paper"),
+        PAPER_POINT: PruneVidConfig.preset("paper"),
         point_name(NEW_PRESET, preset): preset,
     }
     clock = Clock()
@@ -603,7 +622,7 @@ def main_pairs(
         "preset_settings": _settings(preset),
         "tuning": tune,
         "preset_point": point_name(NEW_PRESET, preset),
-        "paper_point": point_name("paper", PruneVidConfig.preset("paper")),
+        "paper_point": PAPER_POINT,
         "configs": {name: dataclasses.asdict(c) for name, c in {**first, **randoms}.items()},
         "methods": methods,
         "paired": paired_tests(methods, {name: name for name in points}),

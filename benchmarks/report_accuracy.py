@@ -92,11 +92,12 @@ def targets(regime: str, study: dict[str, Any]) -> list[tuple[str, bool, str]]:
         ]
         if within:
             accuracy, name = max(within)
+            share = accuracy / max(base, 1e-9)
             rows.append(
                 (
                     f"(reported) {name}, the preset's best other strength at <= 15% retention, keeps >= 95%",
-                    accuracy / max(base, 1e-9) >= 0.95,
-                    f"{_pct(accuracy)} vs {_pct(base)} ({accuracy / max(base, 1e-9):.1%}) at "
+                    share >= 0.95,
+                    f"{_pct(accuracy)} vs {_pct(base)} ({share:.1%}) at "
                     f"{_pct(methods[name]['retention'])} kept",
                 )
             )

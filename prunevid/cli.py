@@ -160,8 +160,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         default="baseline,paper",
         help=f"comma-separated presets ({', '.join(PRESETS)}), each also at another strength as "
         "NAME@k<keep_ratio>[c<cluster_ratio>][+<static_time>] (e.g. coverage@k0.2c1+ends), and reference "
-        "methods to compare "
-        f"with ({', '.join(REFERENCE_METHODS)}); default baseline,paper",
+        f"methods to compare with ({', '.join(REFERENCE_METHODS)}); default baseline,paper",
     )
     command.add_argument(
         "--retention",
@@ -250,8 +249,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.presets.split(",") if name.strip()]
     methods = [name for name in names if name in METHODS]
     # Unknown names and a bad --retention fail before the model loads.
-    configs = {name: preset_config(name) for name in names if name not in METHODS}
-    configs = {name: config.replace(fast_decode=args.fast_decode) for name, config in configs.items()}
+    configs = {
+        name: preset_config(name).replace(fast_decode=args.fast_decode)
+        for name in names
+        if name not in METHODS
+    }
     if methods and args.retention == "auto" and "paper" not in configs:
         raise ValueError(
             "--retention auto matches paper's retention: add paper to --presets or give a number"
