@@ -123,14 +123,15 @@ def _oracle(
 
 
 @pytest.mark.parametrize(
-    ("implementation", "prompt", "stage1", "stage3"),
+    ("implementation", "prompt", "stage1", "stage3", "static_time"),
     [
-        ("sdpa", "padded", True, True),
-        ("sdpa", "padded", False, True),
-        ("sdpa", "padded", True, False),
-        ("eager", "padded", True, True),
-        ("sdpa", "two_videos", True, True),
-        ("sdpa", "image_video", True, True),
+        ("sdpa", "padded", True, True, "first"),
+        ("sdpa", "padded", False, True, "first"),
+        ("sdpa", "padded", True, False, "first"),
+        ("eager", "padded", True, True, "first"),
+        ("sdpa", "two_videos", True, True, "first"),
+        ("sdpa", "image_video", True, True, "first"),
+        ("sdpa", "padded", True, True, "ends"),  # the opt-in: two tokens per static run
     ],
 )
 def test_pruned_generate_equals_masked_stock_oracle(
@@ -140,9 +141,12 @@ def test_pruned_generate_equals_masked_stock_oracle(
     prompt: str,
     stage1: bool,
     stage3: bool,
+    static_time: str,
 ) -> None:
     model, eager, inputs = family_models[implementation], family_models["eager"], family_prompts[prompt]
-    config = PruneVidConfig.preset("paper").replace(enable_stage1=stage1, enable_cache_compression=stage3)
+    config = PruneVidConfig.preset("paper").replace(
+        enable_stage1=stage1, enable_cache_compression=stage3, static_time=static_time
+    )
     with attach(model, config) as pruner:
         calls, handle = capture_llm_calls(model)  # after PruneVid's hook: the sequence layers 0..M see
         out = generate(model, inputs)

@@ -35,12 +35,20 @@ def _no_grad_generate(model: Any, inputs: Any, new_tokens: int = 4, **kwargs: An
 
 
 # ------------------------------------------------------------------------------------------- 1. autograd
-@pytest.mark.parametrize("preset", ["paper", "stage1_only"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        PruneVidConfig.preset("paper"),
+        PruneVidConfig.preset("stage1_only"),
+        PruneVidConfig.preset("coverage").replace(static_time="ends"),  # every opt-in, two tokens per run
+    ],
+    ids=["paper", "stage1_only", "coverage+ends"],
+)
 def test_forward_under_autograd_equals_no_grad_and_backward_reaches_vision_and_llm(
-    models: dict[str, Any], prompts: dict[str, Any], preset: str
+    models: dict[str, Any], prompts: dict[str, Any], config: PruneVidConfig
 ) -> None:
     model, inputs = models["sdpa"], prompts["padded"]
-    with attach(model, PruneVidConfig.preset(preset)) as pruner:
+    with attach(model, config) as pruner:
         with torch.no_grad():
             expected = model(**inputs).logits
         assert pruner.last_stats.retention < 1.0
